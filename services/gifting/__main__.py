@@ -1,0 +1,3 @@
+from services.gifting.main import run
+
+run()

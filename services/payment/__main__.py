@@ -1,0 +1,3 @@
+from services.payment.main import run
+
+run()

@@ -1,0 +1,2 @@
+class PaymentError(Exception):
+    """Base of the payment service's errors."""

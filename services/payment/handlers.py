@@ -1,0 +1,26 @@
+"""Kafka subscribers of the payment service."""
+
+from faststream.kafka import KafkaRouter
+from faststream.kafka.annotations import KafkaMessage
+
+from services.payment.service import PaymentService
+from shared import topics
+from shared.broker import DeadLetters, batch_subscription
+from shared.contracts import PurchaseRequested
+from shared.retry import until_done
+from shared.settings import ServiceSettings
+
+
+def build_router(
+    service: PaymentService, dead_letters: DeadLetters, settings: ServiceSettings
+) -> KafkaRouter:
+    router = KafkaRouter()
+
+    @router.subscriber(topics.PURCHASE_REQUESTED, **batch_subscription(settings))
+    async def on_purchase_requested(message: KafkaMessage) -> None:
+        """Upstream apps ask to buy a coin package; answers purchase-completed or -failed."""
+        deliveries = await dead_letters.sort(message.raw_message, PurchaseRequested)
+        requests = [delivery.message for delivery in deliveries]
+        await until_done(lambda: service.handle_requests(requests))
+
+    return router

@@ -1,0 +1,3 @@
+from services.payout.main import run
+
+run()

@@ -1,0 +1,3 @@
+from services.wallet.main import run
+
+run()

@@ -1,0 +1,63 @@
+"""Read-only HTTP routes of the wallet."""
+
+from collections.abc import Sequence
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from services.wallet.service import WalletService
+from shared.http import bad_request
+
+MAX_PAGE = 200
+
+
+def routes(service: WalletService) -> Sequence[BaseRoute]:
+    async def balance(request: Request) -> Response:
+        found = await service.balance(user_id=request.path_params["user_id"])
+        return JSONResponse(
+            {
+                "user_id": found.user_id,
+                "coins": found.coins,
+                "diamonds": found.diamonds,
+                "diamonds_on_hold": found.diamonds_on_hold,
+                "frozen": found.frozen,
+                "spending_limits": {"day": None, "week": None, "month": None},
+            }
+        )
+
+    async def transactions(request: Request) -> Response:
+        try:
+            limit = int(request.query_params.get("limit", "50"))
+            cursor = request.query_params.get("cursor")
+            before = int(cursor) if cursor else None
+        except ValueError:
+            return bad_request("limit and cursor must be integers")
+        if not 1 <= limit <= MAX_PAGE:
+            return bad_request(f"limit must be between 1 and {MAX_PAGE}")
+        items = await service.history(
+            user_id=request.path_params["user_id"], before_entry_id=before, limit=limit
+        )
+        return JSONResponse(
+            {
+                "items": [
+                    {
+                        "entry_id": item.entry_id,
+                        "transaction_id": item.tx_id,
+                        "kind": item.kind,
+                        "account": item.account_kind,
+                        "amount": item.amount,
+                        "balance_after": item.balance_after,
+                        "request_id": item.request_id,
+                        "created_at": item.created_at.isoformat(),
+                    }
+                    for item in items
+                ],
+                "next_cursor": str(items[-1].entry_id) if len(items) == limit else None,
+            }
+        )
+
+    return [
+        Route("/v1/users/{user_id}/balance", balance),
+        Route("/v1/users/{user_id}/transactions", transactions),
+    ]

@@ -1,0 +1,22 @@
+"""Wiring of the wallet: settings -> database -> broker -> app."""
+
+from starlette.applications import Starlette
+
+from services.wallet import api, handlers
+from services.wallet.repository import WalletRepository
+from services.wallet.service import WalletService
+from services.wallet.settings import WalletSettings
+from shared.runtime import ServiceKit, serve
+
+
+def create_app(settings: WalletSettings | None = None) -> Starlette:
+    settings = settings or WalletSettings()
+    kit = ServiceKit(settings)
+    service = WalletService(kit.db, WalletRepository())
+    kit.include(handlers.build_router(service, kit.dead_letters, settings))
+    return kit.http_app(api.routes(service))
+
+
+def run() -> None:
+    settings = WalletSettings()
+    serve(create_app(settings), settings)

@@ -1,0 +1,148 @@
+"""Every SQL statement of the wallet."""
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from services.wallet.domain import AccountKind, AccountRef, Draft, Entry
+
+
+@dataclass(frozen=True)
+class LockedAccount:
+    account_id: int
+    balance: int
+
+
+@dataclass(frozen=True)
+class HistoryItem:
+    entry_id: int
+    tx_id: int
+    kind: str
+    account_kind: str
+    amount: int
+    balance_after: int
+    request_id: str
+    created_at: datetime
+
+
+class WalletRepository:
+    async def lock_accounts(
+        self, conn: asyncpg.Connection, *, accounts: Iterable[AccountRef]
+    ) -> dict[AccountRef, LockedAccount]:
+        """Create missing accounts, then lock all of them in account-id order."""
+        refs = sorted(set(accounts))
+        owners, kinds = [r.owner_id for r in refs], [str(r.kind) for r in refs]
+        await conn.execute(
+            """
+            INSERT INTO accounts (owner_id, kind)
+            SELECT * FROM unnest($1::text[], $2::text[]) ORDER BY 1, 2
+            ON CONFLICT (owner_id, kind) DO NOTHING
+            """,
+            owners,
+            kinds,
+        )
+        # One fixed lock order for every writer: no two batches can deadlock.
+        rows = await conn.fetch(
+            """
+            SELECT a.account_id, a.owner_id, a.kind, a.balance
+            FROM accounts a JOIN unnest($1::text[], $2::text[]) AS w(owner_id, kind)
+                 USING (owner_id, kind)
+            ORDER BY a.account_id
+            FOR UPDATE OF a
+            """,
+            owners,
+            kinds,
+        )
+        return {
+            AccountRef(row["owner_id"], AccountKind(row["kind"])): LockedAccount(
+                row["account_id"], row["balance"]
+            )
+            for row in rows
+        }
+
+    async def applied_keys(self, conn: asyncpg.Connection, *, keys: Sequence[str]) -> set[str]:
+        rows = await conn.fetch(
+            "SELECT idempotency_key FROM ledger_transactions WHERE idempotency_key = ANY($1)",
+            list(keys),
+        )
+        return {row["idempotency_key"] for row in rows}
+
+    async def add_transactions(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        applied: Sequence[tuple[Draft, list[Entry]]],
+        accounts: dict[AccountRef, LockedAccount],
+    ) -> None:
+        """Write transactions and their entries, and move the account balances."""
+        drafts = [draft for draft, _ in applied]
+        tx_ids = await conn.fetch(
+            """
+            INSERT INTO ledger_transactions (kind, idempotency_key, request_id)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+            RETURNING tx_id, idempotency_key
+            """,
+            [d.kind for d in drafts],
+            [d.idempotency_key for d in drafts],
+            [d.request_id for d in drafts],
+        )
+        tx_by_key = {row["idempotency_key"]: row["tx_id"] for row in tx_ids}
+        rows = [
+            (tx_by_key[draft.idempotency_key], accounts[e.account].account_id, e.amount, e.balance_after)
+            for draft, entries in applied
+            for e in entries
+        ]
+        # All entries in one statement: the balance trigger checks each transaction once.
+        await conn.execute(
+            """
+            INSERT INTO ledger_entries (tx_id, account_id, amount, balance_after)
+            SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])
+            """,
+            *(list(column) for column in zip(*rows, strict=True)),
+        )
+        final = {row[1]: row[3] for row in rows}  # last entry per account = its new balance
+        await conn.execute(
+            """
+            UPDATE accounts a SET balance = n.balance
+            FROM unnest($1::bigint[], $2::bigint[]) AS n(account_id, balance)
+            WHERE a.account_id = n.account_id
+            """,
+            list(final),
+            list(final.values()),
+        )
+
+    async def get_balances(
+        self, conn: asyncpg.Connection | asyncpg.Pool, *, owner_id: str
+    ) -> dict[AccountKind, int]:
+        rows = await conn.fetch(
+            "SELECT kind, balance FROM accounts WHERE owner_id = $1", owner_id
+        )
+        return {AccountKind(row["kind"]): row["balance"] for row in rows}
+
+    async def list_history(
+        self,
+        conn: asyncpg.Connection | asyncpg.Pool,
+        *,
+        owner_id: str,
+        before_entry_id: int | None,
+        limit: int,
+    ) -> list[HistoryItem]:
+        """The owner's entries, newest first, strictly older than the cursor."""
+        rows = await conn.fetch(
+            """
+            SELECT e.entry_id, e.tx_id, t.kind, a.kind AS account_kind, e.amount,
+                   e.balance_after, t.request_id, e.created_at
+            FROM accounts a
+            JOIN ledger_entries e ON e.account_id = a.account_id
+            JOIN ledger_transactions t ON t.tx_id = e.tx_id
+            WHERE a.owner_id = $1 AND ($2::bigint IS NULL OR e.entry_id < $2)
+            ORDER BY e.entry_id DESC
+            LIMIT $3
+            """,
+            owner_id,
+            before_entry_id,
+            limit,
+        )
+        return [HistoryItem(**dict(row)) for row in rows]

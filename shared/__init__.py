@@ -1,0 +1,1 @@
+"""The kit every coinstream service uses: contracts, settings, Kafka and PostgreSQL plumbing."""

@@ -1,0 +1,49 @@
+"""Topic administration and a real readiness probe for Kafka."""
+
+import asyncio
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from shared.topics import all_topics
+
+
+async def ensure_topics(
+    bootstrap_servers: str,
+    *,
+    partitions: int,
+    replication_factor: int,
+    topics: list[str] | None = None,
+) -> list[str]:
+    """Create the topics that do not exist yet; returns the names created."""
+    wanted = topics if topics is not None else all_topics()
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [name for name in wanted if name not in existing]
+        if missing:
+            new = [NewTopic(name, partitions, replication_factor) for name in missing]
+            try:
+                await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass  # another `setup` created them first; they exist, which is all we need
+        return missing
+    finally:
+        await admin.close()
+
+
+async def kafka_answers(bootstrap_servers: str, *, timeout_s: float = 5.0) -> bool:
+    """True when a broker answers a metadata request (an open port is not enough)."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout_s * 1000)
+    )
+    try:
+        async with asyncio.timeout(timeout_s):
+            await admin.start()
+            await admin.describe_cluster()
+        return True
+    except Exception:
+        return False
+    finally:
+        await admin.close()

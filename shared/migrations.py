@@ -1,0 +1,51 @@
+"""Per-service schema migrations, applied with yoyo from `shared/sql/` and
+`services/<name>/migrations/`.
+
+Each service owns one PostgreSQL schema named after it; yoyo records what it applied in
+that schema and takes a lock, so replicas starting together apply each migration once.
+"""
+
+from importlib import resources
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+from yoyo import get_backend, read_migrations
+
+SERVICES: tuple[str, ...] = ("payment", "wallet", "gifting", "payout")
+
+
+KIT_MIGRATIONS = Path(__file__).parent / "sql"
+
+
+def migrations_dir(service: str) -> Path:
+    """The folder holding a service's SQL migrations."""
+    return Path(str(resources.files(f"services.{service}") / "migrations"))
+
+
+def _yoyo_uri(database_url: str, schema: str) -> str:
+    parts = urlsplit(database_url)
+    query = f"{parts.query}&schema={schema}" if parts.query else f"schema={schema}"
+    return urlunsplit(("postgresql+psycopg", parts.netloc, parts.path, query, ""))
+
+
+def apply(database_url: str, service: str) -> list[str]:
+    """Create the service's schema if needed and apply its pending migrations.
+
+    Returns the ids of the migrations applied by this call (empty when up to date).
+    """
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(service)))
+    backend = get_backend(_yoyo_uri(database_url, service))
+    # The kit's tables (inbox, outbox) first, then the service's own, in one history.
+    migrations = read_migrations(str(KIT_MIGRATIONS), str(migrations_dir(service)))
+    with backend.lock():
+        pending = backend.to_apply(migrations)
+        backend.apply_migrations(pending)
+    return [migration.id for migration in pending]
+
+
+def apply_all(database_url: str) -> dict[str, list[str]]:
+    """Apply every service's migrations; returns what each service applied."""
+    return {service: apply(database_url, service) for service in SERVICES}

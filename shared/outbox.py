@@ -1,0 +1,153 @@
+"""The outbox: events written with the state change, published later by the relay.
+
+`enqueue` runs inside the caller's transaction, so an event exists exactly when the
+change that caused it committed. The relay publishes with an idempotent producer and
+marks rows; a crash between publishing and marking republishes the same `event_id`,
+which consumers recognise through their inbox.
+"""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+import asyncpg
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from shared.contracts import Event
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, bytes, bytes, dict[str, str]], Awaitable[Awaitable[object]]]
+"""(topic, key, value, headers) -> a future that resolves once the broker has the record."""
+
+
+def channel(schema: str) -> str:
+    """The LISTEN/NOTIFY channel that wakes a schema's relay."""
+    return f"{schema}_outbox"
+
+
+async def enqueue(conn: asyncpg.Connection, events: Sequence[Event]) -> None:
+    """Add events to the outbox inside the caller's transaction (in order) and wake the relay."""
+    if not events:
+        return
+    await conn.execute(
+        """
+        INSERT INTO outbox (topic, key, event_id, payload)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[])
+        """,
+        [event.topic for event in events],
+        [event.key() for event in events],
+        [event.event_id for event in events],
+        [event.model_dump_json().encode() for event in events],
+    )
+    # Delivered at commit, once per transaction however many events: only a wake-up,
+    # the relay also polls, so a lost notification costs latency, not an event.
+    await conn.execute("SELECT pg_notify(current_schema() || '_outbox', '')")
+
+
+class RelayMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.published = Counter(
+            "coinstream_outbox_published", "Outbox events published to Kafka", registry=registry
+        )
+        self.lag = Histogram(
+            "coinstream_outbox_lag_seconds",
+            "Time from an event's commit to its publication",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        )
+
+
+class OutboxRelay:
+    """Publishes a schema's outbox to Kafka: claim a batch, publish it, mark it, repeat.
+
+    Several replicas may run a relay on the same schema. A transaction-scoped advisory
+    lock lets one batch be in flight at a time, which keeps each key's events in order
+    across replicas; `FOR UPDATE SKIP LOCKED` guards the rows themselves.
+    """
+
+    PURGE_EVERY_S = 300.0  # published rows are kept a day for operators, then deleted
+
+    def __init__(
+        self,
+        pool: Callable[[], asyncpg.Pool],
+        *,
+        schema: str,
+        publish: Publish,
+        metrics: RelayMetrics,
+        batch_size: int = 500,
+        poll_interval_s: float = 0.5,
+    ) -> None:
+        self._pool = pool
+        self._schema = schema
+        self._publish = publish
+        self._metrics = metrics
+        self._batch_size = batch_size
+        self._poll_interval_s = poll_interval_s
+        self._wakeup = asyncio.Event()
+        self._last_purge = 0.0
+
+    async def publish_batch(self) -> int:
+        """Publish one batch of unpublished rows; returns how many were published."""
+        async with self._pool().acquire() as conn, conn.transaction():
+            if not await conn.fetchval(
+                "SELECT pg_try_advisory_xact_lock(hashtext($1))", f"outbox:{self._schema}"
+            ):
+                return 0  # another relay holds the turn; it will publish these rows
+            rows = await conn.fetch(
+                """
+                SELECT id, topic, key, event_id, payload,
+                       extract(epoch FROM clock_timestamp() - created_at) AS age_s
+                FROM outbox WHERE published_at IS NULL
+                ORDER BY id LIMIT $1
+                FOR UPDATE SKIP LOCKED
+                """,
+                self._batch_size,
+            )
+            if not rows:
+                return 0
+            sent = [
+                await self._publish(
+                    row["topic"], row["key"].encode(), row["payload"], {"event_id": row["event_id"]}
+                )
+                for row in rows
+            ]
+            await asyncio.gather(*sent)
+            await conn.execute(
+                "UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY($1::bigint[])",
+                [row["id"] for row in rows],
+            )
+        self._metrics.published.inc(len(rows))
+        for row in rows:
+            self._metrics.lag.observe(float(row["age_s"]))
+        return len(rows)
+
+    async def run(self) -> None:
+        """Relay until cancelled: after a full batch go on at once, else wait for a wake-up."""
+        async with self._pool().acquire() as listener:
+            await listener.add_listener(channel(self._schema), lambda *_: self._wakeup.set())
+            while True:
+                try:
+                    published = await self.publish_batch()
+                    await self._purge_if_due()
+                except Exception:  # the relay must outlive a broker or database outage
+                    log.exception("outbox relay failed; retrying")
+                    published = 0
+                if published < self._batch_size:
+                    await self._wait()
+
+    async def _wait(self) -> None:
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll_interval_s)
+        except TimeoutError:
+            pass
+        self._wakeup.clear()
+
+    async def _purge_if_due(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self._last_purge < self.PURGE_EVERY_S:
+            return
+        self._last_purge = now
+        await self._pool().execute(
+            "DELETE FROM outbox WHERE published_at < now() - interval '1 day'"
+        )

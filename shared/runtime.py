@@ -1,0 +1,117 @@
+"""Assembly of a service process: database, broker, outbox relay and HTTP side.
+
+A service's `main.py` builds a `ServiceKit`, hands its routers and read routes to it,
+and gets one ASGI app whose lifespan starts and stops everything in order.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+
+import uvicorn
+from faststream.kafka import KafkaRouter
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute
+
+from shared.broker import DeadLetters, make_broker
+from shared.db import Database
+from shared.http import health_routes
+from shared.outbox import OutboxRelay, RelayMetrics
+from shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+class ServiceKit:
+    """What every service process has, built once from its settings."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.registry = CollectorRegistry()
+        self.db = Database(
+            settings.database_url,
+            schema=settings.schema,
+            min_size=settings.db_pool_min_size,
+            max_size=settings.db_pool_max_size,
+        )
+        self.broker = make_broker(settings, self.registry)
+        self.dead_letters = DeadLetters(
+            self.broker, service=settings.service_name, registry=self.registry
+        )
+        self.relay = OutboxRelay(
+            lambda: self.db.pool,
+            schema=settings.schema,
+            publish=self._publish,
+            metrics=RelayMetrics(self.registry),
+            batch_size=settings.relay_batch_size,
+            poll_interval_s=settings.relay_poll_interval_s,
+        )
+        self._relay_task: asyncio.Task[None] | None = None
+
+    async def _publish(
+        self, topic: str, key: bytes, value: bytes, headers: dict[str, str]
+    ) -> asyncio.Future[object]:
+        headers = {"content-type": "application/json", **headers}
+        future = await self.broker.publish(value, topic, key=key, headers=headers, no_confirm=True)
+        return future  # type: ignore[return-value]
+
+    def include(self, *routers: KafkaRouter) -> None:
+        for router in routers:
+            self.broker.include_router(router)
+
+    async def _ready(self) -> bool:
+        return await self.broker.ping(timeout=2.0)
+
+    async def _relay_running(self) -> bool:
+        return self._relay_task is not None and not self._relay_task.done()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Open the pool, start consumers and the relay; stop them in reverse order."""
+        await self.db.open()
+        try:
+            await self.broker.start()
+            self._relay_task = asyncio.create_task(self.relay.run(), name="outbox-relay")
+            log.info("%s started", self.settings.service_name)
+            yield
+        finally:
+            # Consumers first, so nothing new is written while the relay drains.
+            await self.broker.stop()
+            if self._relay_task is not None:
+                self._relay_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._relay_task
+            await self.db.close()
+
+    def http_app(self, routes: Sequence[BaseRoute] = ()) -> Starlette:
+        """The service's ASGI app: read routes, health and metrics, lifespan = `running`."""
+        checks = {"database": self.db.ping, "kafka": self._ready, "relay": self._relay_running}
+
+        @contextlib.asynccontextmanager
+        async def lifespan(_: Starlette) -> AsyncIterator[None]:
+            async with self.running():
+                yield
+
+        return Starlette(routes=[*routes, *health_routes(self.registry, checks)], lifespan=lifespan)
+
+
+def configure_logging(level: str, service: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format=f"%(asctime)s %(levelname)s {service} %(name)s: %(message)s",
+    )
+
+
+def serve(app: Starlette, settings: ServiceSettings) -> None:
+    """Run the app until SIGINT/SIGTERM; uvicorn drives the lifespan (graceful stop)."""
+    configure_logging(settings.log_level, settings.service_name)
+    uvicorn.run(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )

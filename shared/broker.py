@@ -7,6 +7,7 @@ unexpected error the partition is rewound so nothing is skipped.
 
 import logging
 import traceback
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -38,6 +39,25 @@ def make_broker(settings: ServiceSettings, registry: CollectorRegistry) -> Kafka
         # One log line per message would drown real problems at thousands per second.
         log_level=logging.DEBUG,
     )
+
+
+def outbox_publisher(
+    broker: KafkaBroker,
+) -> Callable[[str, bytes, bytes, dict[str, str]], Awaitable[Awaitable[object]]]:
+    """The relay's way out: send one JSON record, return the future of its acknowledgement."""
+
+    async def publish(
+        topic: str, key: bytes, value: bytes, headers: dict[str, str]
+    ) -> Awaitable[object]:
+        return await broker.publish(
+            value,
+            topic,
+            key=key,
+            headers={"content-type": "application/json", **headers},
+            no_confirm=True,
+        )
+
+    return publish
 
 
 async def _raw_records(message: Any) -> Any:

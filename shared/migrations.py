@@ -40,9 +40,12 @@ def apply(database_url: str, service: str) -> list[str]:
     backend = get_backend(_yoyo_uri(database_url, service))
     # The kit's tables (inbox, outbox) first, then the service's own, in one history.
     migrations = read_migrations(str(KIT_MIGRATIONS), str(migrations_dir(service)))
-    with backend.lock():
-        pending = backend.to_apply(migrations)
-        backend.apply_migrations(pending)
+    try:
+        with backend.lock():
+            pending = backend.to_apply(migrations)
+            backend.apply_migrations(pending)
+    finally:
+        backend.connection.close()  # yoyo leaves its connection open otherwise
     return [migration.id for migration in pending]
 
 

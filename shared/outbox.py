@@ -14,6 +14,7 @@ import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from shared.contracts import Event
+from shared.faults import crash_point
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ class OutboxRelay:
                 for row in rows
             ]
             await asyncio.gather(*sent)
+            crash_point("relay.after_publish")
             await conn.execute(
                 "UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY($1::bigint[])",
                 [row["id"] for row in rows],
@@ -124,17 +126,26 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Relay until cancelled: after a full batch go on at once, else wait for a wake-up."""
+        def wake(*_: object) -> None:
+            self._wakeup.set()
+
         async with self._pool().acquire() as listener:
-            await listener.add_listener(channel(self._schema), lambda *_: self._wakeup.set())
-            while True:
-                try:
-                    published = await self.publish_batch()
-                    await self._purge_if_due()
-                except Exception:  # the relay must outlive a broker or database outage
-                    log.exception("outbox relay failed; retrying")
-                    published = 0
-                if published < self._batch_size:
-                    await self._wait()
+            await listener.add_listener(channel(self._schema), wake)
+            try:
+                await self._relay_forever()
+            finally:
+                await listener.remove_listener(channel(self._schema), wake)
+
+    async def _relay_forever(self) -> None:
+        while True:
+            try:
+                published = await self.publish_batch()
+                await self._purge_if_due()
+            except Exception:  # the relay must outlive a broker or database outage
+                log.exception("outbox relay failed; retrying")
+                published = 0
+            if published < self._batch_size:
+                await self._wait()
 
     async def _wait(self) -> None:
         try:

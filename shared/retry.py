@@ -30,7 +30,7 @@ def _log_attempt(state: RetryCallState) -> None:
 async def until_done(operation: Callable[[], Awaitable[T]], *, max_wait_s: float = 5.0) -> T:
     """Run `operation` until it succeeds; cancellation (shutdown) still stops it."""
     async for attempt in AsyncRetrying(
-        wait=wait_exponential_jitter(initial=0.05, max=max_wait_s),
+        wait=wait_exponential_jitter(multiplier=0.05, max=max_wait_s),
         before_sleep=_log_attempt,
         reraise=True,
     ):

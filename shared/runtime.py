@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
-from shared.broker import DeadLetters, make_broker
+from shared.broker import DeadLetters, make_broker, outbox_publisher
 from shared.db import Database
 from shared.http import health_routes
 from shared.outbox import OutboxRelay, RelayMetrics
@@ -43,19 +43,12 @@ class ServiceKit:
         self.relay = OutboxRelay(
             lambda: self.db.pool,
             schema=settings.schema,
-            publish=self._publish,
+            publish=outbox_publisher(self.broker),
             metrics=RelayMetrics(self.registry),
             batch_size=settings.relay_batch_size,
             poll_interval_s=settings.relay_poll_interval_s,
         )
         self._relay_task: asyncio.Task[None] | None = None
-
-    async def _publish(
-        self, topic: str, key: bytes, value: bytes, headers: dict[str, str]
-    ) -> asyncio.Future[object]:
-        headers = {"content-type": "application/json", **headers}
-        future = await self.broker.publish(value, topic, key=key, headers=headers, no_confirm=True)
-        return future  # type: ignore[return-value]
 
     def include(self, *routers: KafkaRouter) -> None:
         for router in routers:

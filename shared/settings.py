@@ -29,6 +29,7 @@ class ServiceSettings(InfraSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 0
     log_level: str = "INFO"
+    consumer_group_prefix: str = "coinstream"
     db_pool_min_size: int = Field(default=2, ge=1)
     db_pool_max_size: int = Field(default=10, ge=1)
     consumer_max_records: int = Field(default=500, ge=1)
@@ -48,4 +49,4 @@ class ServiceSettings(InfraSettings):
     @property
     def group_id(self) -> str:
         """The Kafka consumer group of this service: replicas share it and split partitions."""
-        return f"coinstream-{self.service_name}"
+        return f"{self.consumer_group_prefix}-{self.service_name}"

@@ -35,6 +35,7 @@ class WalletService:
         before (a redelivery), the ledger's idempotency key skips a payment already
         credited under another event id.
         """
+        crash_point("wallet.credit.received")
         async with self._db.transaction() as conn:
             fresh = await inbox.claim_many(
                 conn, topic=topics.PURCHASE_COMPLETED, message_ids=[e.event_id for e in events]

@@ -1,0 +1,38 @@
+"""Run one outbox relay batch in a process of its own (the crash test kills it)."""
+
+import asyncio
+import sys
+
+from prometheus_client import CollectorRegistry
+
+from shared.broker import outbox_publisher
+from shared.db import Database
+from shared.outbox import OutboxRelay, RelayMetrics
+from shared.settings import ServiceSettings
+
+
+class _Settings(ServiceSettings):
+    pass
+
+
+async def main(dsn: str, schema: str, bootstrap: str) -> None:
+    from shared.broker import make_broker
+
+    settings = _Settings(kafka_bootstrap_servers=bootstrap, database_url=dsn)
+    registry = CollectorRegistry()
+    broker = make_broker(settings, registry)
+    db = Database(dsn, schema=schema)
+    await db.open()
+    await broker.connect()
+    relay = OutboxRelay(
+        lambda: db.pool, schema=schema, publish=outbox_publisher(broker), metrics=RelayMetrics(registry)
+    )
+    try:
+        print(await relay.publish_batch())
+    finally:
+        await broker.stop()
+        await db.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(*sys.argv[1:4]))

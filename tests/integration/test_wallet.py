@@ -1,0 +1,109 @@
+"""The wallet against real Kafka and PostgreSQL: exactly-once credits, dead letters."""
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from services.wallet.main import create_app
+from services.wallet.settings import WalletSettings
+from shared import topics
+from shared.contracts import PurchaseCompleted
+from shared.money import Money
+from tests.support import TopicReader, in_process, publish, unique
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def wallet(service_settings: Callable[..., Any]) -> AsyncIterator[httpx.AsyncClient]:
+    async with in_process(create_app(service_settings(WalletSettings))) as client:
+        yield client
+
+
+def completed(user_id: str, coins: int = 70, bonus: int = 0) -> PurchaseCompleted:
+    return PurchaseCompleted(
+        request_id=unique("req"),
+        payment_id=unique("pay"),
+        user_id=user_id,
+        package_id="coins_70",
+        coins=coins,
+        bonus_coins=bonus,
+        price=Money(amount_minor=99, currency="USD"),
+    )
+
+
+def as_message(event: PurchaseCompleted) -> tuple[str, bytes]:
+    return event.user_id, event.model_dump_json().encode()
+
+
+async def coins_of(wallet: httpx.AsyncClient, user_id: str) -> int:
+    response = await wallet.get(f"/v1/users/{user_id}/balance")
+    assert response.status_code == 200
+    return int(response.json()["coins"])
+
+
+async def test_a_purchase_delivered_twice_is_credited_once(
+    wallet: httpx.AsyncClient, infra: Any
+) -> None:
+    user = unique("user")
+    first = completed(user, coins=70, bonus=7)
+    # Same payment again under a new event id: the ledger key must catch what the inbox can't.
+    replayed = first.model_copy(update={"event_id": "other-" + first.event_id})
+    sentinel = completed(user, coins=350)  # same key, so it is processed after the duplicates
+    async with TopicReader(infra.kafka_bootstrap, (topics.COINS_CREDITED,)) as reader:
+        await publish(
+            infra.kafka_bootstrap,
+            topics.PURCHASE_COMPLETED,
+            [as_message(first), as_message(first), as_message(replayed), as_message(sentinel)],
+        )
+        await reader.wait_for(topics.COINS_CREDITED, payment_id=sentinel.payment_id)
+        credits = reader.matching(topics.COINS_CREDITED, user_id=user)
+
+    assert await coins_of(wallet, user) == 70 + 7 + 350
+    assert [(c["payment_id"], c["amount"], c["balance_after"]) for c in credits] == [
+        (first.payment_id, 77, 77),
+        (sentinel.payment_id, 350, 427),
+    ]
+    history = (await wallet.get(f"/v1/users/{user}/transactions")).json()["items"]
+    assert [item["amount"] for item in history] == [350, 7, 70]
+
+
+async def test_bad_messages_go_to_the_dead_letter_topic_and_the_next_one_is_processed(
+    wallet: httpx.AsyncClient, infra: Any
+) -> None:
+    user = unique("user")
+    garbage = f"not json {user}".encode()
+    missing_field = json.loads(completed(user).model_dump_json())
+    del missing_field["payment_id"]
+    missing_field["marker"] = user
+    after = completed(user, coins=700)
+    async with TopicReader(
+        infra.kafka_bootstrap, (topics.dlq(topics.PURCHASE_COMPLETED), topics.COINS_CREDITED)
+    ) as reader:
+        await publish(
+            infra.kafka_bootstrap,
+            topics.PURCHASE_COMPLETED,
+            [(user, garbage), (user, missing_field), as_message(after)],
+        )
+        await reader.wait_for(topics.COINS_CREDITED, payment_id=after.payment_id)
+        await reader.wait_for(topics.dlq(topics.PURCHASE_COMPLETED), marker=user)
+        dead = [
+            record
+            for record in reader.records
+            if record.topic == topics.dlq(topics.PURCHASE_COMPLETED)
+            and record.key == user.encode()
+        ]
+
+    assert await coins_of(wallet, user) == 700
+    assert [record.value for record in dead][0] == garbage  # value unchanged
+    headers = [dict((k, v.decode()) for k, v in record.headers) for record in dead]
+    assert [h["dlq.reason"] for h in headers] == ["invalid_json", "invalid_message"]
+    assert "payment_id" in headers[1]["dlq.error"]
+    for h in headers:
+        assert h["dlq.topic"] == topics.PURCHASE_COMPLETED
+        assert h["dlq.service"] == "wallet"
+        assert int(h["dlq.partition"]) >= 0 and int(h["dlq.offset"]) >= 0
+    assert int(headers[1]["dlq.offset"]) == int(headers[0]["dlq.offset"]) + 1

@@ -1,0 +1,152 @@
+"""Helpers for integration and end-to-end tests: ids, Kafka I/O, polling, services."""
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from starlette.applications import Starlette
+
+T = TypeVar("T")
+
+
+def unique(prefix: str) -> str:
+    """An id no other test (or earlier run) uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
+
+
+async def create_database(server_url: str, name: str) -> str:
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return with_database(server_url, name)
+
+
+async def drop_database(server_url: str, name: str) -> None:
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T | None]], *, timeout_s: float = 30.0, every_s: float = 0.1
+) -> T:
+    """Poll `check` until it returns something truthy; fail after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s}s: {check}")
+        await asyncio.sleep(every_s)
+
+
+async def publish(
+    bootstrap: str, topic: str, messages: list[tuple[str, bytes | dict[str, Any]]]
+) -> None:
+    """Publish (key, value) pairs in order, as an upstream app would."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        for key, value in messages:
+            body = value if isinstance(value, bytes) else json.dumps(value).encode()
+            await producer.send_and_wait(topic, body, key=key.encode())
+    finally:
+        await producer.stop()
+
+
+@dataclass
+class TopicReader:
+    """Reads topics from the beginning (no group, no commits) and keeps what it saw."""
+
+    bootstrap: str
+    topics: tuple[str, ...]
+    records: list[ConsumerRecord[bytes, bytes]] = field(default_factory=list)
+    _consumer: AIOKafkaConsumer | None = None
+    _task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> "TopicReader":
+        self._consumer = AIOKafkaConsumer(
+            *self.topics,
+            bootstrap_servers=self.bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._read())
+        return self
+
+    async def _read(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=100)
+            for records in batch.values():
+                self.records.extend(records)
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._task is not None and self._consumer is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self._consumer.stop()
+
+    def matching(self, topic: str, **fields: Any) -> list[dict[str, Any]]:
+        """JSON bodies on `topic` whose fields equal the given values."""
+        found = []
+        for record in self.records:
+            if record.topic != topic:
+                continue
+            try:
+                body = json.loads(record.value or b"")
+            except ValueError:
+                continue
+            if isinstance(body, dict) and all(body.get(k) == v for k, v in fields.items()):
+                found.append(body)
+        return found
+
+    async def wait_for(self, topic: str, count: int = 1, **fields: Any) -> list[dict[str, Any]]:
+        async def enough() -> list[dict[str, Any]] | None:
+            found = self.matching(topic, **fields)
+            return found if len(found) >= count else None
+
+        return await eventually(enough)
+
+
+@asynccontextmanager
+async def in_process(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    """Run a service app in this process (its real consumers, relay and pool)."""
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://svc") as client,
+    ):
+        yield client
+
+
+def purchase_request(
+    *, user_id: str, package_id: str = "coins_70", amount: int = 99, method: str = "pm_card_ok"
+) -> dict[str, Any]:
+    return {
+        "request_id": unique("req"),
+        "user_id": user_id,
+        "package_id": package_id,
+        "price": {"amount_minor": amount, "currency": "USD"},
+        "payment_method": method,
+        "occurred_at": "2026-11-22T12:00:00+00:00",
+    }

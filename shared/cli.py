@@ -26,7 +26,6 @@ def topics() -> None:
     typer.echo(f"topics: {len(created)} created")
 
 
-
 @app.command()
 def migrate(
     service: Annotated[str, typer.Argument(help="a service name, or 'all'")] = "all",
@@ -49,7 +48,9 @@ def setup() -> None:
 
 
 @app.command()
-def serve(service: Annotated[str, typer.Argument(help="payment, wallet, gifting or payout")]) -> None:
+def serve(
+    service: Annotated[str, typer.Argument(help="payment, wallet, gifting or payout")],
+) -> None:
     """Run one service in the foreground (Kafka consumers, outbox relay, HTTP side)."""
     if service not in migrations.SERVICES:
         raise typer.BadParameter(f"unknown service {service!r}")

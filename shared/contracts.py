@@ -272,5 +272,3 @@ class PayoutFailed(Event):
 
     creator_id: Id
     reason: PayoutFailureReason
-
-

@@ -4,6 +4,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+Connection = asyncpg.Connection | PoolConnectionProxy
+"""What repositories receive: a plain connection or one borrowed from the pool."""
 
 
 class Database:
@@ -36,7 +40,7 @@ class Database:
             self._pool = None
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+    async def transaction(self) -> AsyncIterator[Connection]:
         """A connection inside a transaction: committed on exit, rolled back on error."""
         async with self.pool.acquire() as conn, conn.transaction():
             yield conn
@@ -44,6 +48,6 @@ class Database:
     async def ping(self) -> bool:
         """True when PostgreSQL answers a query."""
         try:
-            return await self.pool.fetchval("SELECT 1") == 1
+            return bool(await self.pool.fetchval("SELECT 1") == 1)
         except (OSError, asyncpg.PostgresError, RuntimeError):
             return False

@@ -1,6 +1,6 @@
 """The HTTP side every service has: health, metrics, JSON helpers for read routes."""
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -20,7 +20,7 @@ def bad_request(detail: str) -> JSONResponse:
     return JSONResponse({"error": "bad_request", "detail": detail}, status_code=400)
 
 
-def health_routes(registry: CollectorRegistry, checks: dict[str, Check]) -> Sequence[BaseRoute]:
+def health_routes(registry: CollectorRegistry, checks: Mapping[str, Check]) -> Sequence[BaseRoute]:
     """`/health/live`, `/health/ready` (every check answers) and `/metrics`."""
 
     async def live(_: Request) -> Response:

@@ -6,10 +6,10 @@ both commit or neither does; a redelivered message then finds its id taken.
 
 from collections.abc import Iterable
 
-import asyncpg
+from shared.db import Connection
 
 
-async def claim_many(conn: asyncpg.Connection, *, topic: str, message_ids: Iterable[str]) -> set[str]:
+async def claim_many(conn: Connection, *, topic: str, message_ids: Iterable[str]) -> set[str]:
     """Claim message ids for this transaction; returns those not seen before."""
     ids = list(dict.fromkeys(message_ids))
     if not ids:

@@ -1,6 +1,7 @@
 """Topic administration and a real readiness probe for Kafka."""
 
 import asyncio
+import contextlib
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -24,10 +25,9 @@ async def ensure_topics(
         missing = [name for name in wanted if name not in existing]
         if missing:
             new = [NewTopic(name, partitions, replication_factor) for name in missing]
-            try:
+            # Another `setup` may have created them first; they exist, which is all we need.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass  # another `setup` created them first; they exist, which is all we need
         return missing
     finally:
         await admin.close()

@@ -7,6 +7,7 @@ which consumers recognise through their inbox.
 """
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -14,6 +15,7 @@ import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from shared.contracts import Event
+from shared.db import Connection
 from shared.faults import crash_point
 
 log = logging.getLogger(__name__)
@@ -27,7 +29,7 @@ def channel(schema: str) -> str:
     return f"{schema}_outbox"
 
 
-async def enqueue(conn: asyncpg.Connection, events: Sequence[Event]) -> None:
+async def enqueue(conn: Connection, events: Sequence[Event]) -> None:
     """Add events to the outbox inside the caller's transaction (in order) and wake the relay."""
     if not events:
         return
@@ -126,6 +128,7 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Relay until cancelled: after a full batch go on at once, else wait for a wake-up."""
+
         def wake(*_: object) -> None:
             self._wakeup.set()
 
@@ -148,10 +151,8 @@ class OutboxRelay:
                 await self._wait()
 
     async def _wait(self) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll_interval_s)
-        except TimeoutError:
-            pass
         self._wakeup.clear()
 
     async def _purge_if_due(self) -> None:

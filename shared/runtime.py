@@ -32,7 +32,7 @@ class ServiceKit:
         self.registry = CollectorRegistry()
         self.db = Database(
             settings.database_url,
-            schema=settings.schema,
+            schema=settings.db_schema,
             min_size=settings.db_pool_min_size,
             max_size=settings.db_pool_max_size,
         )
@@ -42,7 +42,7 @@ class ServiceKit:
         )
         self.relay = OutboxRelay(
             lambda: self.db.pool,
-            schema=settings.schema,
+            schema=settings.db_schema,
             publish=outbox_publisher(self.broker),
             metrics=RelayMetrics(self.registry),
             batch_size=settings.relay_batch_size,

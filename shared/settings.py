@@ -42,7 +42,7 @@ class ServiceSettings(InfraSettings):
             self.http_port = self.default_http_port
 
     @property
-    def schema(self) -> str:
+    def db_schema(self) -> str:
         """The PostgreSQL schema this service owns."""
         return self.service_name
 

@@ -3,10 +3,11 @@
 import asyncpg
 
 from services.gifting.domain import Gift
+from shared.db import Connection
 
 
 class GiftingRepository:
-    async def list_active_gifts(self, conn: asyncpg.Connection | asyncpg.Pool) -> list[Gift]:
+    async def list_active_gifts(self, conn: Connection | asyncpg.Pool) -> list[Gift]:
         rows = await conn.fetch(
             "SELECT gift_id, name, coins FROM gifts WHERE active ORDER BY coins, gift_id"
         )

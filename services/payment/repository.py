@@ -6,6 +6,7 @@ from datetime import datetime
 import asyncpg
 
 from services.payment.domain import Offer, Purchase
+from shared.db import Connection
 from shared.money import Money
 
 _OFFERS = """
@@ -45,12 +46,12 @@ def _purchase(row: asyncpg.Record) -> Purchase:
 
 class PaymentRepository:
     async def list_offers(
-        self, conn: asyncpg.Connection, *, currencies: Sequence[str], at: datetime
+        self, conn: Connection, *, currencies: Sequence[str], at: datetime
     ) -> list[Offer]:
         return [_offer(row) for row in await conn.fetch(_OFFERS, list(currencies), at)]
 
     async def get_by_request_ids(
-        self, conn: asyncpg.Connection, *, request_ids: Sequence[str]
+        self, conn: Connection, *, request_ids: Sequence[str]
     ) -> dict[str, Purchase]:
         rows = await conn.fetch(
             "SELECT * FROM purchases WHERE request_id = ANY($1::text[])", list(request_ids)
@@ -58,14 +59,14 @@ class PaymentRepository:
         return {row["request_id"]: _purchase(row) for row in rows}
 
     async def get_by_request_id(
-        self, conn: asyncpg.Connection | asyncpg.Pool, *, request_id: str
+        self, conn: Connection | asyncpg.Pool, *, request_id: str
     ) -> Purchase | None:
         row = await conn.fetchrow("SELECT * FROM purchases WHERE request_id = $1", request_id)
         return _purchase(row) if row else None
 
     async def add_many(
         self,
-        conn: asyncpg.Connection,
+        conn: Connection,
         *,
         purchases: Sequence[Purchase],
         requested_at: Sequence[datetime],
@@ -94,7 +95,7 @@ class PaymentRepository:
 
     async def settle_many(
         self,
-        conn: asyncpg.Connection,
+        conn: Connection,
         *,
         request_ids: Sequence[str],
         statuses: Sequence[str],

@@ -5,15 +5,13 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-import asyncpg
-
 from services.payment import domain
 from services.payment.domain import Offer, Purchase
-from services.payment.provider import Charge, CardProvider
+from services.payment.provider import CardProvider, Charge
 from services.payment.repository import PaymentRepository
 from shared import outbox
 from shared.contracts import Event, PurchaseCompleted, PurchaseFailed, PurchaseRequested
-from shared.db import Database
+from shared.db import Connection, Database
 
 
 def _outcome_event(purchase: Purchase) -> Event:
@@ -35,9 +33,7 @@ def _outcome_event(purchase: Purchase) -> Event:
 
 
 class PaymentService:
-    def __init__(
-        self, db: Database, repository: PaymentRepository, provider: CardProvider
-    ) -> None:
+    def __init__(self, db: Database, repository: PaymentRepository, provider: CardProvider) -> None:
         self._db = db
         self._repository = repository
         self._provider = provider
@@ -71,9 +67,7 @@ class PaymentService:
             )
             new = [r for r in requests if r.request_id not in known]
             offers = await self._offers_for(conn, new)
-            decided = [
-                domain.decide(r, offers.get((r.package_id, r.price.currency))) for r in new
-            ]
+            decided = [domain.decide(r, offers.get((r.package_id, r.price.currency))) for r in new]
             await self._repository.add_many(
                 conn, purchases=decided, requested_at=[r.occurred_at for r in new]
             )
@@ -81,7 +75,7 @@ class PaymentService:
         return [p for p in [*known.values(), *decided] if p.status == "pending"]
 
     async def _offers_for(
-        self, conn: asyncpg.Connection, requests: Sequence[PurchaseRequested]
+        self, conn: Connection, requests: Sequence[PurchaseRequested]
     ) -> dict[tuple[str, str], Offer]:
         currencies = sorted({r.price.currency for r in requests})
         if not currencies:

@@ -7,6 +7,7 @@ from datetime import datetime
 import asyncpg
 
 from services.wallet.domain import AccountKind, AccountRef, Draft, Entry
+from shared.db import Connection
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class HistoryItem:
 
 class WalletRepository:
     async def lock_accounts(
-        self, conn: asyncpg.Connection, *, accounts: Iterable[AccountRef]
+        self, conn: Connection, *, accounts: Iterable[AccountRef]
     ) -> dict[AccountRef, LockedAccount]:
         """Create missing accounts, then lock all of them in account-id order."""
         refs = sorted(set(accounts))
@@ -62,7 +63,7 @@ class WalletRepository:
             for row in rows
         }
 
-    async def applied_keys(self, conn: asyncpg.Connection, *, keys: Sequence[str]) -> set[str]:
+    async def applied_keys(self, conn: Connection, *, keys: Sequence[str]) -> set[str]:
         rows = await conn.fetch(
             "SELECT idempotency_key FROM ledger_transactions WHERE idempotency_key = ANY($1)",
             list(keys),
@@ -71,7 +72,7 @@ class WalletRepository:
 
     async def add_transactions(
         self,
-        conn: asyncpg.Connection,
+        conn: Connection,
         *,
         applied: Sequence[tuple[Draft, list[Entry]]],
         accounts: dict[AccountRef, LockedAccount],
@@ -90,7 +91,12 @@ class WalletRepository:
         )
         tx_by_key = {row["idempotency_key"]: row["tx_id"] for row in tx_ids}
         rows = [
-            (tx_by_key[draft.idempotency_key], accounts[e.account].account_id, e.amount, e.balance_after)
+            (
+                tx_by_key[draft.idempotency_key],
+                accounts[e.account].account_id,
+                e.amount,
+                e.balance_after,
+            )
             for draft, entries in applied
             for e in entries
         ]
@@ -114,16 +120,14 @@ class WalletRepository:
         )
 
     async def get_balances(
-        self, conn: asyncpg.Connection | asyncpg.Pool, *, owner_id: str
+        self, conn: Connection | asyncpg.Pool, *, owner_id: str
     ) -> dict[AccountKind, int]:
-        rows = await conn.fetch(
-            "SELECT kind, balance FROM accounts WHERE owner_id = $1", owner_id
-        )
+        rows = await conn.fetch("SELECT kind, balance FROM accounts WHERE owner_id = $1", owner_id)
         return {AccountKind(row["kind"]): row["balance"] for row in rows}
 
     async def list_history(
         self,
-        conn: asyncpg.Connection | asyncpg.Pool,
+        conn: Connection | asyncpg.Pool,
         *,
         owner_id: str,
         before_entry_id: int | None,

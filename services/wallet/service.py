@@ -3,14 +3,12 @@
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import asyncpg
-
 from services.wallet import domain
 from services.wallet.domain import AccountKind, Draft, Entry, Ledger
 from services.wallet.repository import HistoryItem, WalletRepository
 from shared import inbox, outbox, topics
 from shared.contracts import CoinsCredited, PurchaseCompleted
-from shared.db import Database
+from shared.db import Connection, Database
 from shared.faults import crash_point
 
 
@@ -44,13 +42,14 @@ class WalletService:
             by_key = {domain.purchase_credit(e).idempotency_key: e for e in events}
             applied = await self._post(conn, [domain.purchase_credit(e) for e in by_key.values()])
             await outbox.enqueue(
-                conn, [_credited(by_key[draft.idempotency_key], entries) for draft, entries in applied]
+                conn,
+                [_credited(by_key[draft.idempotency_key], entries) for draft, entries in applied],
             )
             crash_point("wallet.credit.before_commit")
         crash_point("wallet.credit.after_commit")
 
     async def _post(
-        self, conn: asyncpg.Connection, drafts: Sequence[Draft]
+        self, conn: Connection, drafts: Sequence[Draft]
     ) -> list[tuple[Draft, list[Entry]]]:
         """Apply the drafts not applied before, in order, against locked balances."""
         unique = list({draft.idempotency_key: draft for draft in drafts}.values())

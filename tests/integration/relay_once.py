@@ -25,7 +25,10 @@ async def main(dsn: str, schema: str, bootstrap: str) -> None:
     await db.open()
     await broker.connect()
     relay = OutboxRelay(
-        lambda: db.pool, schema=schema, publish=outbox_publisher(broker), metrics=RelayMetrics(registry)
+        lambda: db.pool,
+        schema=schema,
+        publish=outbox_publisher(broker),
+        metrics=RelayMetrics(registry),
     )
     try:
         print(await relay.publish_batch())

@@ -3,11 +3,11 @@
 import asyncio
 import json
 import os
-import subprocess
 import sys
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +84,6 @@ async def start_relay(
     )
 
 
-
-
 async def test_two_relays_at_once_publish_every_row_once_and_in_key_order(
     infra: Any, database_url: str, schema: str
 ) -> None:
@@ -152,6 +150,31 @@ async def _markers_seen(reader: TopicReader, count: int) -> bool:
     return sum(record.value == END_MARKER for record in reader.records) >= count
 
 
+@dataclass
+class Finished:
+    returncode: int | None
+    stderr: str
+
+
+async def run_relay_once(database_url: str, schema: str, infra: Any, *, crash: bool) -> Finished:
+    """One relay batch in a process of its own, optionally SIGKILLed before marking."""
+    env = {**os.environ, "COINSTREAM_CRASH_AT": "relay.after_publish" if crash else ""}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.integration.relay_once",
+        database_url,
+        schema,
+        infra.kafka_bootstrap,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    return Finished(process.returncode, stderr.decode(errors="replace"))
+
+
 @pytest.fixture
 async def wallet(service_settings: Callable[..., Any]) -> AsyncIterator[httpx.AsyncClient]:
     async with in_process(create_app(service_settings(WalletSettings))) as client:
@@ -181,26 +204,13 @@ async def test_a_relay_killed_between_publishing_and_marking_leaves_a_duplicate_
     async with TopicReader(
         infra.kafka_bootstrap, (topics.PURCHASE_COMPLETED, topics.COINS_CREDITED)
     ) as reader:
-        crashed = subprocess.run(
-            [sys.executable, "-m", "tests.integration.relay_once", database_url, schema,
-             infra.kafka_bootstrap],
-            cwd=ROOT,
-            env={**os.environ, "COINSTREAM_CRASH_AT": "relay.after_publish"},
-            capture_output=True,
-            timeout=60,
-        )
-        assert crashed.returncode == -9, crashed.stderr.decode()[-2000:]
+        crashed = await run_relay_once(database_url, schema, infra, crash=True)
+        assert crashed.returncode == -9, crashed.stderr[-2000:]
         await reader.wait_for(topics.PURCHASE_COMPLETED, event_id=event.event_id)
         assert await unpublished(database_url, schema) == 1  # published, never marked
 
-        again = subprocess.run(
-            [sys.executable, "-m", "tests.integration.relay_once", database_url, schema,
-             infra.kafka_bootstrap],
-            cwd=ROOT,
-            capture_output=True,
-            timeout=60,
-        )
-        assert again.returncode == 0, again.stderr.decode()[-2000:]
+        again = await run_relay_once(database_url, schema, infra, crash=False)
+        assert again.returncode == 0, again.stderr[-2000:]
         assert await unpublished(database_url, schema) == 0
         await reader.wait_for(topics.PURCHASE_COMPLETED, count=2, event_id=event.event_id)
         # Same key, so the wallet handles it after both copies of the event.

@@ -93,12 +93,11 @@ async def test_bad_messages_go_to_the_dead_letter_topic_and_the_next_one_is_proc
         dead = [
             record
             for record in reader.records
-            if record.topic == topics.dlq(topics.PURCHASE_COMPLETED)
-            and record.key == user.encode()
+            if record.topic == topics.dlq(topics.PURCHASE_COMPLETED) and record.key == user.encode()
         ]
 
     assert await coins_of(wallet, user) == 700
-    assert [record.value for record in dead][0] == garbage  # value unchanged
+    assert dead[0].value == garbage  # value unchanged
     headers = [dict((k, v.decode()) for k, v in record.headers) for record in dead]
     assert [h["dlq.reason"] for h in headers] == ["invalid_json", "invalid_message"]
     assert "payment_id" in headers[1]["dlq.error"]

@@ -34,6 +34,8 @@ def test_a_matching_request_is_pending_its_charge_with_coins_and_bonus() -> None
         (request(amount=-99), OFFER, "invalid_request"),
     ],
 )
-def test_refusals_name_their_reason(req: PurchaseRequested, offer: Offer | None, reason: str) -> None:
+def test_refusals_name_their_reason(
+    req: PurchaseRequested, offer: Offer | None, reason: str
+) -> None:
     purchase = decide(req, offer)
     assert (purchase.status, purchase.reason, purchase.coins) == ("failed", reason, 0)

@@ -1,0 +1,46 @@
+# coinstream: the commands a developer or operator types. Everything runs from .venv.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+
+.DEFAULT_GOAL := help
+.PHONY: help install up down status demo lint test test-unit test-integration test-e2e
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed ## create .venv with the pinned dependencies
+
+up: install ## start Kafka, PostgreSQL and the four services in the background (ready on return)
+	$(PY) -m devstack up
+
+down: install ## stop what `make up` started, and nothing else
+	$(PY) -m devstack down
+
+status: install ## what runs, and whether it answers
+	$(PY) -m devstack status
+
+demo: up ## the first flow on the running stack: purchases -> coins, printed readably
+	$(PY) -m devstack.demo
+
+lint: install ## ruff (lint + format) and mypy --strict
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint ## the whole suite against real Kafka and PostgreSQL (sets up what it needs)
+	$(PY) -m pytest
+
+test-unit: install
+	$(PY) -m pytest tests/unit
+
+test-integration: install
+	$(PY) -m pytest tests/integration
+
+test-e2e: install
+	$(PY) -m pytest tests/e2e

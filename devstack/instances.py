@@ -1,0 +1,102 @@
+"""Stack instances: a name, its ports and its folder `.stack/<name>/` in the repository.
+
+Two instances exist so that a stack started with `make up` (`default`) and the one the
+test suite uses (`test`) never share a port, a data folder or a pid file.
+"""
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from devstack.errors import DevstackError
+from shared.migrations import SERVICES
+
+REPO_ROOT: Path = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where a stack's Kafka and PostgreSQL answer; what services and tests connect to."""
+
+    kafka_bootstrap: str
+    database_url: str
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One local stack: its ports and the folder holding its data, logs and pid files."""
+
+    name: str
+    kafka_port: int
+    kafka_controller_port: int
+    postgres_port: int
+    first_service_port: int
+
+    @property
+    def root(self) -> Path:
+        return REPO_ROOT / ".stack" / self.name
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def run(self) -> Path:
+        """Pid files of the processes this instance started."""
+        return self.root / "run"
+
+    @property
+    def kafka_dir(self) -> Path:
+        return self.root / "kafka"
+
+    @property
+    def postgres_dir(self) -> Path:
+        """The PostgreSQL data folder (PGDATA); also holds the server's unix socket.
+
+        Inside `.stack/<name>/` unless we are root and the repository sits below a folder
+        others cannot enter (a clone under /root or in a `mktemp -d` folder): the server
+        runs as an unprivileged user who could not reach it, so the data goes to
+        /var/lib/coinstream/<checkout>/ instead, one folder per checkout and instance.
+        """
+        local = self.root / "postgres"
+        if os.geteuid() != 0 or _others_can_enter(REPO_ROOT):
+            return local
+        checkout = hashlib.sha256(str(REPO_ROOT).encode()).hexdigest()[:12]
+        return Path("/var/lib/coinstream") / checkout / self.name / "postgres"
+
+    @property
+    def local_endpoints(self) -> Endpoints:
+        """The addresses of this instance's own Kafka and PostgreSQL."""
+        return Endpoints(
+            kafka_bootstrap=f"127.0.0.1:{self.kafka_port}",
+            database_url=f"postgresql://coinstream@127.0.0.1:{self.postgres_port}/coinstream",
+        )
+
+    def service_port(self, service: str, replica: int = 0) -> int:
+        """HTTP port of a service process; replica n of a service sits 10·n ports higher."""
+        return self.first_service_port + SERVICES.index(service) + 10 * replica
+
+    def log(self, component: str) -> Path:
+        return self.logs / f"{component}.log"
+
+
+def _others_can_enter(folder: Path) -> bool:
+    return all(p.stat().st_mode & stat.S_IXOTH for p in (folder, *folder.parents))
+
+
+INSTANCES: dict[str, Instance] = {
+    "default": Instance("default", 9092, 9093, 55432, 8081),
+    "test": Instance("test", 19092, 19093, 55433, 18081),
+}
+
+
+def get_instance(name: str) -> Instance:
+    """The instance called `name` (`default` for `make up`, `test` for the test suite)."""
+    try:
+        return INSTANCES[name]
+    except KeyError:
+        raise DevstackError(
+            f"unknown stack instance {name!r}; known: {', '.join(INSTANCES)}"
+        ) from None

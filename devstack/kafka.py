@@ -1,0 +1,186 @@
+"""Apache Kafka for the local stack: one KRaft node (broker and controller) run from the
+jars Maven Central publishes, so no Docker image and no tarball are needed."""
+
+import functools
+import os
+import shutil
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from devstack.errors import DevstackError
+from devstack.instances import Instance
+from devstack.procs import live_pid, locked, run, say, spawn, stop, wait_ready
+from shared.kafka_admin import kafka_answers
+
+HERE = Path(__file__).resolve().parent / "kafka"
+POM = HERE / "pom.xml"
+LOG4J_CONFIG = HERE / "log4j2.properties"
+_POM_NS = {"m": "http://maven.apache.org/POM/4.0.0"}
+
+
+@functools.cache
+def kafka_version() -> str:
+    """The Kafka version pinned in `devstack/kafka/pom.xml` (the single source of truth)."""
+    version = ET.parse(POM).findtext("m:properties/m:kafka.version", namespaces=_POM_NS)
+    if not version:
+        raise DevstackError(f"{POM} has no <kafka.version> property")
+    return version
+
+
+def cache_dir() -> Path:
+    """Where the jars of this Kafka version live: outside the repository, shared by all
+    instances and clones, downloaded once."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "coinstream" / f"kafka-{kafka_version()}"
+
+
+async def ensure_jars() -> Path:
+    """The folder of Kafka's runtime classpath, resolved with Maven the first time."""
+    home = cache_dir()
+    libs, marker = home / "libs", home / "complete"
+    if marker.exists():
+        return libs
+    async with locked(home.parent / f"{home.name}.lock"):
+        if marker.exists():  # another process downloaded them while we waited
+            return libs
+        mvn = _require("mvn")
+        shutil.rmtree(libs, ignore_errors=True)  # leftovers of an interrupted download
+        say(f"kafka: downloading Kafka {kafka_version()} jars from Maven Central (once)")
+        started = time.monotonic()
+        await run(
+            [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+             "-DincludeScope=runtime", f"-DoutputDirectory={libs}"],
+            what="resolving Kafka with Maven",
+        )  # fmt: skip
+        marker.write_text(kafka_version() + "\n")  # written last: its presence means complete
+        say(f"kafka: jars ready in {time.monotonic() - started:.1f}s ({libs})")
+    return libs
+
+
+def missing_tools() -> list[str]:
+    """What has to be installed before this machine can run Kafka (empty: nothing)."""
+    needed = ["java"] if (cache_dir() / "complete").exists() else ["java", "mvn"]
+    missing = [tool for tool in needed if shutil.which(tool) is None]
+    if not missing:
+        return []
+    return [
+        f"{' and '.join(missing)} not found on PATH. Kafka needs a JDK 17+ and, the first "
+        "time, Maven: `apt-get install default-jdk-headless maven` (or set "
+        "KAFKA_BOOTSTRAP_SERVERS to an existing broker)"
+    ]
+
+
+def _require(command: str) -> str:
+    found = shutil.which(command)
+    if found is None:
+        raise DevstackError("\n".join(missing_tools()))
+    return found
+
+
+def _java(libs: Path) -> list[str]:
+    return [
+        _require("java"),
+        "-Xmx512m",
+        "-cp",
+        f"{libs}/*",
+        f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+    ]
+
+
+def _write_config(instance: Instance) -> Path:
+    """server.properties of a single node that is its own controller quorum; rewritten at
+    every start so that it always matches the instance's ports."""
+    data = instance.kafka_dir / "data"
+    listen = f"127.0.0.1:{instance.kafka_port}"
+    controller = f"127.0.0.1:{instance.kafka_controller_port}"
+    settings = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@{controller}",
+        "listeners": f"PLAINTEXT://{listen},CONTROLLER://{controller}",
+        "advertised.listeners": f"PLAINTEXT://{listen}",
+        "controller.listener.names": "CONTROLLER",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "log.dirs": str(data),
+        "num.partitions": "6",
+        # One node: internal topics cannot have more than one replica.
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "6",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        # A consumer group should not wait 3 s for more members in tests and demos.
+        "group.initial.rebalance.delay.ms": "0",
+        # Topics come from `coinstream setup` only, as in production: a typo fails loudly.
+        "auto.create.topics.enable": "false",
+    }
+    path = instance.kafka_dir / "server.properties"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
+    return path
+
+
+async def _format_storage(instance: Instance, java: list[str], config: Path) -> None:
+    """Give the node its cluster id, once; a formatted log folder holds meta.properties."""
+    if (instance.kafka_dir / "data" / "meta.properties").exists():
+        return
+    output = await run([*java, "kafka.tools.StorageTool", "random-uuid"], what="kafka random-uuid")
+    cluster_id = output.split()[-1]
+    await run(
+        [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
+        what="formatting Kafka storage",
+    )
+
+
+def _pid_file(instance: Instance) -> Path:
+    return instance.run / "kafka.pid"
+
+
+def pid(instance: Instance) -> int | None:
+    """The pid of the instance's broker, if it runs."""
+    return live_pid(_pid_file(instance))
+
+
+async def ensure_running(instance: Instance) -> None:
+    """Start the instance's broker unless it runs, then wait until it answers."""
+    bootstrap = instance.local_endpoints.kafka_bootstrap
+    log = instance.log("kafka")
+    already = pid(instance) is not None
+    started = time.monotonic()
+    if not already:
+        java = _java(await ensure_jars())
+        config = _write_config(instance)
+        await _format_storage(instance, java, config)
+        spawn(
+            [*java, "kafka.Kafka", str(config)],
+            env=os.environ,
+            log=log,
+            pid_file=_pid_file(instance),
+            cwd=instance.kafka_dir,
+        )
+    await wait_ready(
+        "kafka",
+        lambda: kafka_answers(bootstrap, timeout_s=2.0),
+        log=log,
+        timeout_s=120.0,
+        alive=lambda: pid(instance) is not None,
+    )
+    took = time.monotonic() - started
+    say(f"kafka {'already running' if already else f'ready in {took:.1f}s'} ({bootstrap})")
+
+
+async def wait_external(bootstrap: str) -> None:
+    """Wait for a broker this stack does not run (KAFKA_BOOTSTRAP_SERVERS)."""
+    took = await wait_ready(
+        f"kafka at {bootstrap}",
+        lambda: kafka_answers(bootstrap, timeout_s=2.0),
+        log=None,
+        timeout_s=30.0,
+    )
+    say(f"kafka (external) answers in {took:.1f}s ({bootstrap})")
+
+
+async def stop_broker(instance: Instance) -> bool:
+    """Stop the instance's broker (a controlled shutdown on SIGTERM); False if none ran."""
+    return await stop(_pid_file(instance), grace_s=30.0)

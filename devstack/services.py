@@ -1,0 +1,133 @@
+"""The four services as separate processes (`python -m services.<name>`), as in production.
+
+End-to-end tests use these helpers to start, kill and restart a service, or to run a
+second replica of one (replica n listens 10·n ports above the first).
+"""
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from devstack.errors import DevstackError
+from devstack.instances import REPO_ROOT, Endpoints, Instance
+from devstack.procs import live_pid, say, spawn, stop, wait_ready
+from shared.migrations import SERVICES
+
+
+@dataclass(frozen=True)
+class ServiceProcess:
+    """A running service process of a stack instance."""
+
+    service: str
+    replica: int
+    pid: int
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def process_name(service: str, replica: int = 0) -> str:
+    """`payment` for the first process of a service, `payment-1` for its second."""
+    return service if replica == 0 else f"{service}-{replica}"
+
+
+def _pid_file(instance: Instance, name: str) -> Path:
+    return instance.run / f"{name}.pid"
+
+
+def infra_env(endpoints: Endpoints) -> dict[str, str]:
+    """This process's environment pointed at the given Kafka and PostgreSQL."""
+    return {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": endpoints.kafka_bootstrap,
+        "DATABASE_URL": endpoints.database_url,
+    }
+
+
+async def http_ready(url: str) -> bool:
+    """True when `GET <url>/health/ready` answers 200."""
+    # trust_env=False: a developer's HTTP_PROXY must not be asked about 127.0.0.1.
+    async with httpx.AsyncClient(timeout=2.0, trust_env=False) as client:
+        try:
+            return (await client.get(f"{url}/health/ready")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+async def start_service(
+    instance: Instance,
+    service: str,
+    endpoints: Endpoints,
+    *,
+    replica: int = 0,
+    env: Mapping[str, str] | None = None,
+    timeout_s: float = 60.0,
+) -> ServiceProcess:
+    """Start a service process unless it already runs; return when /health/ready says 200.
+
+    `env` adds or overrides environment variables of the process (settings of the
+    service); Kafka, PostgreSQL and HTTP_PORT come from the instance and `endpoints`.
+    """
+    if service not in SERVICES:
+        raise DevstackError(f"unknown service {service!r}; known: {', '.join(SERVICES)}")
+    name = process_name(service, replica)
+    pid_file, log = _pid_file(instance, name), instance.log(name)
+    port = instance.service_port(service, replica)
+    pid = live_pid(pid_file)
+    already = pid is not None
+    if pid is None:
+        process_env = {
+            **infra_env(endpoints),
+            "HTTP_PORT": str(port),
+            "PYTHONUNBUFFERED": "1",  # log lines reach the log file as they happen
+            **(env or {}),
+        }
+        argv = [sys.executable, "-m", f"services.{service}"]
+        pid = spawn(argv, env=process_env, log=log, pid_file=pid_file, cwd=REPO_ROOT)
+    url = f"http://127.0.0.1:{port}"
+    took = await wait_ready(
+        name,
+        lambda: http_ready(url),
+        log=log,
+        timeout_s=timeout_s,
+        alive=lambda: live_pid(pid_file) is not None,
+    )
+    say(f"{name} {'already running' if already else f'ready in {took:.1f}s'} ({url})")
+    return ServiceProcess(service, replica, pid, port, log)
+
+
+async def stop_service(
+    instance: Instance, service: str, *, replica: int = 0, kill: bool = False
+) -> bool:
+    """Stop a service process (SIGTERM, SIGKILL after 15 s; `kill=True`: SIGKILL at once,
+    a crash). False when it was not running."""
+    return await stop(_pid_file(instance, process_name(service, replica)), grace_s=15.0, kill=kill)
+
+
+def running_services(instance: Instance) -> dict[str, int]:
+    """Process name → pid of every service process of the instance that runs."""
+    found: dict[str, int] = {}
+    for service in SERVICES:
+        for pid_file in (
+            *instance.run.glob(f"{service}.pid"),
+            *instance.run.glob(f"{service}-*.pid"),
+        ):
+            pid = live_pid(pid_file)
+            if pid is not None:
+                found[pid_file.stem] = pid
+    return found
+
+
+async def stop_all_services(instance: Instance) -> list[str]:
+    """Stop every service process of the instance, replicas included; returns their names."""
+    names = list(running_services(instance))
+    for name in names:
+        await stop(_pid_file(instance, name), grace_s=15.0)
+    return names

@@ -1,0 +1,160 @@
+"""Fixtures shared by every test folder."""
+
+# ─── Infrastructure: real Kafka and PostgreSQL (devstack owns this section) ──────────
+#
+# One session fixture, `infra`, picks its backend in this order:
+#   1. an external stack: COINSTREAM_TEST_KAFKA and COINSTREAM_TEST_DATABASE_URL set;
+#   2. testcontainers, when a Docker engine answers;
+#   3. else the local real stack's `test` instance (devstack: Kafka from Maven Central
+#      jars, PostgreSQL from the distribution), on ports apart from `make up`'s.
+# Topics and every service's migrations are in place before the first test runs.
+# The `test` instance keeps running after the session (the next run starts in about a
+# second); COINSTREAM_TEST_STOP=1 stops it.
+
+import asyncio
+import contextlib
+import gc
+import os
+import socket
+import time
+import warnings
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import devstack
+from shared.kafka_admin import kafka_answers
+
+# The versions devstack and compose.yaml run (see docs/development.md for the pin).
+KAFKA_IMAGE = "apache/kafka:4.1.1"
+POSTGRES_IMAGE = "postgres:15"
+
+
+@dataclass(frozen=True)
+class Infra(devstack.Endpoints):
+    """Endpoints of the stack under test, and which backend provides them
+    (`external`, `testcontainers` or `devstack`). Pass it wherever Endpoints go, such as
+    `devstack.start_service(devstack.get_instance("test"), "wallet", infra)`."""
+
+    backend: str = "devstack"
+
+
+def _external_stack() -> Infra | None:
+    kafka = os.environ.get("COINSTREAM_TEST_KAFKA")
+    database = os.environ.get("COINSTREAM_TEST_DATABASE_URL")
+    if kafka and database:
+        return Infra(kafka, database, backend="external")
+    return None
+
+
+def _docker_answers() -> bool:
+    # Where the Docker SDK looks (it reads no docker contexts): skip it when neither exists.
+    if not (os.environ.get("DOCKER_HOST") or Path("/var/run/docker.sock").exists()):
+        return False
+    with warnings.catch_warnings():
+        # When no engine answers, the SDK drops its socket unclosed; that ResourceWarning
+        # is the SDK's, and `filterwarnings = error` must not turn it into our failure.
+        warnings.simplefilter("ignore", ResourceWarning)
+        answered = _ping_docker()
+        gc.collect()  # release the dropped socket while the warning is still ignored
+    return answered
+
+
+def _ping_docker() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]  # comes with testcontainers
+
+        client = docker.from_env(timeout=3)
+    except Exception:  # no package, no permission, no engine: no usable Docker
+        return False
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+    finally:
+        client.close()
+
+
+def _kafka_container(host_port: int) -> Any:
+    """The pinned Apache Kafka image (as in compose.yaml), single KRaft node.
+
+    Kafka tells clients where to reconnect, so the host port is fixed before start and
+    advertised; testcontainers' own KafkaContainer only knows Confluent's images.
+    """
+    from testcontainers.core.container import DockerContainer
+
+    container = DockerContainer(KAFKA_IMAGE).with_bind_ports(9092, host_port)
+    for name, value in {
+        "KAFKA_NODE_ID": "1",
+        "KAFKA_PROCESS_ROLES": "broker,controller",
+        "KAFKA_CONTROLLER_QUORUM_VOTERS": "1@localhost:9093",
+        "KAFKA_CONTROLLER_LISTENER_NAMES": "CONTROLLER",
+        "KAFKA_LISTENERS": "PLAINTEXT://:9092,CONTROLLER://:9093",
+        "KAFKA_ADVERTISED_LISTENERS": f"PLAINTEXT://127.0.0.1:{host_port}",
+        "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": "1",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "1",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": "1",
+        "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
+        "KAFKA_AUTO_CREATE_TOPICS_ENABLE": "false",
+    }.items():
+        container = container.with_env(name, value)
+    return container
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def _containers() -> AsyncIterator[Infra]:
+    from testcontainers.community.postgres import PostgresContainer
+
+    with contextlib.ExitStack() as running:
+        # Pulling and starting containers blocks; keep the event loop free meanwhile.
+        port = _free_port()
+        await asyncio.to_thread(running.enter_context, _kafka_container(port))
+        bootstrap = f"127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while not await kafka_answers(bootstrap):  # a metadata answer, not an open port
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Kafka container did not answer on {bootstrap}")
+            await asyncio.sleep(1)
+        postgres = await asyncio.to_thread(
+            running.enter_context,
+            PostgresContainer(
+                POSTGRES_IMAGE,
+                username="coinstream",
+                password="coinstream",
+                dbname="coinstream",
+                driver=None,
+            ),
+        )
+        yield Infra(bootstrap, postgres.get_connection_url(), backend="testcontainers")
+
+
+@pytest.fixture(scope="session")
+async def infra() -> AsyncIterator[Infra]:
+    """Real Kafka and PostgreSQL for the session, topics and schemas set up."""
+    external = _external_stack()
+    if external is not None:
+        await devstack.run_setup(external)
+        yield external
+    elif _docker_answers():
+        async with _containers() as containers:
+            await devstack.run_setup(containers)
+            yield containers
+    else:
+        instance = devstack.get_instance("test")
+        endpoints = await devstack.ensure_infra(instance)  # runs the setup too
+        yield Infra(endpoints.kafka_bootstrap, endpoints.database_url, backend="devstack")
+        if os.environ.get("COINSTREAM_TEST_STOP") == "1":
+            await devstack.down(instance)
+
+
+# ─── End of the infrastructure section ───────────────────────────────────────────────

@@ -1,0 +1,76 @@
+"""A purchase through the whole system: four processes, real Kafka and PostgreSQL."""
+
+from typing import Any
+
+import httpx
+import pytest
+
+from devstack.procs import pid_alive
+from shared import topics
+from tests.e2e.conftest import Stack
+from tests.support import TopicReader, eventually, publish, purchase_request, unique
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+async def balance(stack: Stack, user: str) -> dict[str, Any]:
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"{stack.urls['wallet']}/v1/users/{user}/balance")
+        response.raise_for_status()
+        return dict(response.json())
+
+
+async def coins_become(stack: Stack, user: str, coins: int) -> bool:
+    return (await balance(stack, user))["coins"] == coins
+
+
+async def test_every_service_is_ready_and_a_purchase_ends_as_coins(
+    stack: Stack, infra: Any
+) -> None:
+    async with httpx.AsyncClient() as http:
+        for service, url in stack.urls.items():
+            ready = await http.get(f"{url}/health/ready")
+            assert ready.status_code == 200, service
+            metrics = await http.get(f"{url}/metrics")
+            assert "coinstream_outbox_published" in metrics.text
+    user = unique("user")
+    request = purchase_request(user_id=user, package_id="coins_700", amount=999)
+    await publish(infra.kafka_bootstrap, topics.PURCHASE_REQUESTED, [(user, request)])
+
+    await eventually(lambda: coins_become(stack, user, 700))
+    async with httpx.AsyncClient() as http:
+        purchase = await http.get(f"{stack.urls['payment']}/v1/purchases/{request['request_id']}")
+    assert purchase.json()["status"] == "completed"
+
+
+@pytest.mark.parametrize(
+    "crash_at",
+    ["wallet.credit.received", "wallet.credit.before_commit", "wallet.credit.after_commit"],
+)
+async def test_the_wallet_killed_mid_credit_credits_exactly_once_after_restart(
+    stack: Stack, infra: Any, crash_at: str
+) -> None:
+    """SIGKILL right after the wallet received the credit, before its commit, or after
+    its commit but before the offset moved: the restarted wallet credits it once."""
+    await stack.stop("wallet")
+    doomed = await stack.start("wallet", COINSTREAM_CRASH_AT=crash_at)
+    user = unique("user")
+    first = purchase_request(user_id=user, package_id="coins_350", amount=499)
+    async with TopicReader(infra.kafka_bootstrap, (topics.COINS_CREDITED,)) as reader:
+        await publish(infra.kafka_bootstrap, topics.PURCHASE_REQUESTED, [(user, first)])
+
+        async def wallet_died() -> bool:
+            return not pid_alive(doomed.pid)
+
+        await eventually(wallet_died)
+        await stack.start("wallet")
+        await eventually(lambda: coins_become(stack, user, 350))
+        # Same key as the first purchase: once this is credited, any duplicate of the
+        # first would have been applied too.
+        second = purchase_request(user_id=user)
+        await publish(infra.kafka_bootstrap, topics.PURCHASE_REQUESTED, [(user, second)])
+        await reader.wait_for(topics.COINS_CREDITED, user_id=user, amount=70)
+        credits = reader.matching(topics.COINS_CREDITED, user_id=user)
+
+    assert (await balance(stack, user))["coins"] == 420
+    assert [credit["amount"] for credit in credits] == [350, 70]

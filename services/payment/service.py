@@ -54,8 +54,10 @@ class PaymentService:
         has no second effect; one still pending (a crash mid-charge) is charged again
         with the same key, which the provider answers with the first result.
         """
-        unique = list({request.request_id: request for request in reversed(requests)}.values())
-        pending = await self._record(unique)
+        first_seen: dict[str, PurchaseRequested] = {}
+        for request in requests:
+            first_seen.setdefault(request.request_id, request)
+        pending = await self._record(list(first_seen.values()))
         if pending:
             charges = await asyncio.gather(*(self._charge(purchase) for purchase in pending))
             await self._settle(pending, charges)
@@ -72,7 +74,11 @@ class PaymentService:
                 conn, purchases=decided, requested_at=[r.occurred_at for r in new]
             )
             await outbox.enqueue(conn, [_outcome_event(p) for p in decided if p.status == "failed"])
-        return [p for p in [*known.values(), *decided] if p.status == "pending"]
+        # In request order, so one user's outcomes are published in the order asked.
+        purchases = {p.request_id: p for p in [*known.values(), *decided]}
+        return [
+            purchases[r.request_id] for r in requests if purchases[r.request_id].status == "pending"
+        ]
 
     async def _offers_for(
         self, conn: Connection, requests: Sequence[PurchaseRequested]
@@ -104,4 +110,6 @@ class PaymentService:
                 reasons=[None if ok else "payment_declined" for ok in approved],
                 payment_ids=[f"pay_{uuid.uuid4().hex}" if ok else None for ok in approved],
             )
+            order = {p.request_id: i for i, p in enumerate(pending)}
+            settled.sort(key=lambda p: order[p.request_id])
             await outbox.enqueue(conn, [_outcome_event(p) for p in settled])

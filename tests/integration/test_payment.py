@@ -35,6 +35,7 @@ async def test_each_request_has_exactly_one_outcome_even_when_sent_twice(
     async with TopicReader(infra.kafka_bootstrap, outcome_topics) as reader:
         await publish(infra.kafka_bootstrap, topics.PURCHASE_REQUESTED, [(user, r) for r in sent])
         await reader.wait_for(topics.PURCHASE_COMPLETED, request_id=sentinel["request_id"])
+        await reader.wait_for(topics.PURCHASE_FAILED, count=4, user_id=user)  # another topic
         completed = reader.matching(topics.PURCHASE_COMPLETED, user_id=user)
         failed = reader.matching(topics.PURCHASE_FAILED, user_id=user)
 

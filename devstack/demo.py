@@ -136,7 +136,7 @@ async def main() -> None:
             # Three successful purchases each give purchase-completed + coins-credited.
             ids = {request["request_id"] for _, request in steps}
             await asyncio.wait_for(watch(consumer, ids, started, expected=3 * 2 + 3), timeout=60)
-            await show_balances(http, users, "Balances after (GET /v1/users/{id}/balance)")
+            await show_balances(http, users, "Balances after")
         finally:
             await producer.stop()
             await consumer.stop()

@@ -2,11 +2,13 @@
 
 import asyncio
 import importlib
+import json
 from typing import Annotated
 
 import typer
+from aiokafka import AIOKafkaProducer
 
-from shared import kafka_admin, migrations
+from shared import contracts, kafka_admin, migrations
 from shared.settings import InfraSettings
 
 app = typer.Typer(no_args_is_help=True, help="Operate a coinstream deployment.")
@@ -45,6 +47,34 @@ def setup() -> None:
     """Create the topics and apply every service's migrations (idempotent)."""
     topics()
     migrate("all")
+
+
+@app.command()
+def publish(
+    topic: Annotated[str, typer.Argument(help="e.g. payment.purchase-requested")],
+    message: Annotated[str, typer.Argument(help="the JSON message, as an upstream app sends it")],
+    key: Annotated[
+        str | None, typer.Option(help="the Kafka key; by default the contract's")
+    ] = None,
+) -> None:
+    """Publish one message by hand, keyed as the contract says (user_id, creator_id, ...)."""
+    body = json.loads(message)
+    model = contracts.REQUESTS.get(topic)
+    if key is None:
+        if model is None:
+            raise typer.BadParameter(f"no contract key known for {topic!r}; pass --key")
+        key = str(body[model.key_field])
+    asyncio.run(_publish(InfraSettings().kafka_bootstrap_servers, topic, key, message.encode()))
+    typer.echo(f"published to {topic} with key {key}")
+
+
+async def _publish(bootstrap: str, topic: str, key: str, value: bytes) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value, key=key.encode())
+    finally:
+        await producer.stop()
 
 
 @app.command()

@@ -272,3 +272,17 @@ class PayoutFailed(Event):
 
     creator_id: Id
     reason: PayoutFailureReason
+
+
+REQUESTS: dict[str, type[Message]] = {
+    model.topic: model
+    for model in (
+        PurchaseRequested,
+        ChargebackReceived,
+        SpendingLimitRequested,
+        GiftRequested,
+        CreatorUpdated,
+        PayoutRequested,
+    )
+}
+"""The requests upstream apps publish, by topic."""

@@ -34,9 +34,13 @@ class Stack:
         await devstack.stop_service(self.instance, service)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def stack(infra: Any) -> AsyncIterator[Stack]:
-    """payment, wallet, gifting and payout as four processes, on a database of their own."""
+    """payment, wallet, gifting and payout as four processes, on a database of their own.
+
+    Package-scoped: they stop before other test folders run, so no second wallet
+    answers the integration tests' messages.
+    """
     name = f"coinstream_e2e_{uuid.uuid4().hex[:8]}"
     database_url = await create_database(infra.database_url, name)
     migrations.apply_all(database_url)

@@ -29,7 +29,7 @@ import devstack
 from shared.kafka_admin import kafka_answers
 
 # The versions devstack and compose.yaml run (see docs/development.md for the pin).
-KAFKA_IMAGE = "apache/kafka:4.1.1"
+KAFKA_IMAGE = "apache/kafka:4.3.1"
 POSTGRES_IMAGE = "postgres:15"
 
 

@@ -147,7 +147,7 @@ def test_no_version_key_and_no_fixed_container_names() -> None:
 
 def test_kafka_is_apache_kafka_kraft_with_a_real_healthcheck(model: dict[str, Any]) -> None:
     kafka = model["services"]["kafka"]
-    assert kafka["image"] == "apache/kafka:4.1.1"
+    assert kafka["image"] == "apache/kafka:4.3.1"
     env = kafka["environment"]
     assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
     assert "INTERNAL://kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"]

@@ -6,7 +6,6 @@ unexpected error the partition is rewound so nothing is skipped.
 """
 
 import logging
-import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -155,8 +154,3 @@ def _summary(error: ValidationError) -> str:
         f"{'.'.join(str(part) for part in item['loc']) or '<message>'}: {item['msg']}"
         for item in error.errors()
     )
-
-
-def describe(error: BaseException) -> str:
-    """A one-line description of an exception for a dead-letter header."""
-    return "".join(traceback.format_exception_only(error)).strip()

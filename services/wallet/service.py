@@ -39,11 +39,11 @@ class WalletService:
                 conn, topic=topics.PURCHASE_COMPLETED, message_ids=[e.event_id for e in events]
             )
             events = [e for e in events if e.event_id in fresh]
-            by_key = {domain.purchase_credit(e).idempotency_key: e for e in events}
-            applied = await self._post(conn, [domain.purchase_credit(e) for e in by_key.values()])
+            drafts = [domain.purchase_credit(e) for e in events]
+            event_of = {d.idempotency_key: e for d, e in zip(drafts, events, strict=True)}
+            applied = await self._post(conn, drafts)
             await outbox.enqueue(
-                conn,
-                [_credited(by_key[draft.idempotency_key], entries) for draft, entries in applied],
+                conn, [_credited(event_of[d.idempotency_key], entries) for d, entries in applied]
             )
             crash_point("wallet.credit.before_commit")
         crash_point("wallet.credit.after_commit")

@@ -5,7 +5,7 @@ import sys
 
 from prometheus_client import CollectorRegistry
 
-from shared.broker import outbox_publisher
+from shared.broker import make_broker, outbox_publisher
 from shared.db import Database
 from shared.outbox import OutboxRelay, RelayMetrics
 from shared.settings import ServiceSettings
@@ -16,8 +16,6 @@ class _Settings(ServiceSettings):
 
 
 async def main(dsn: str, schema: str, bootstrap: str) -> None:
-    from shared.broker import make_broker
-
     settings = _Settings(kafka_bootstrap_servers=bootstrap, database_url=dsn)
     registry = CollectorRegistry()
     broker = make_broker(settings, registry)

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +27,18 @@ def _log_attempt(state: RetryCallState) -> None:
     )
 
 
-async def until_done(operation: Callable[[], Awaitable[T]], *, max_wait_s: float = 5.0) -> T:
-    """Run `operation` until it succeeds; cancellation (shutdown) still stops it."""
+async def until_done(
+    operation: Callable[[], Awaitable[T]],
+    *,
+    retry_if: Callable[[BaseException], bool] = lambda _: True,
+    max_wait_s: float = 5.0,
+) -> T:
+    """Run `operation` until it succeeds or fails in a way `retry_if` refuses to retry.
+
+    Cancellation (shutdown) always stops it.
+    """
     async for attempt in AsyncRetrying(
+        retry=retry_if_exception(retry_if),
         wait=wait_exponential_jitter(multiplier=0.05, max=max_wait_s),
         before_sleep=_log_attempt,
         reraise=True,

@@ -15,7 +15,8 @@ from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
-from shared.broker import DeadLetters, make_broker, outbox_publisher
+from shared.broker import make_broker, outbox_publisher
+from shared.consumer import DeadLetters
 from shared.db import Database
 from shared.http import health_routes
 from shared.outbox import OutboxRelay, RelayMetrics

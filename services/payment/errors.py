@@ -1,2 +1,5 @@
-class PaymentError(Exception):
+from shared.errors import PermanentError
+
+
+class PaymentError(PermanentError):
     """Base of the payment service's errors."""

@@ -5,9 +5,9 @@ from faststream.kafka.annotations import KafkaMessage
 
 from services.payment.service import PaymentService
 from shared import topics
-from shared.broker import DeadLetters, batch_subscription
+from shared.broker import batch_subscription
+from shared.consumer import DeadLetters, process
 from shared.contracts import PurchaseRequested
-from shared.retry import until_done
 from shared.settings import ServiceSettings
 
 
@@ -20,7 +20,6 @@ def build_router(
     async def on_purchase_requested(message: KafkaMessage) -> None:
         """Upstream apps ask to buy a coin package; answers purchase-completed or -failed."""
         deliveries = await dead_letters.sort(message.raw_message, PurchaseRequested)
-        requests = [delivery.message for delivery in deliveries]
-        await until_done(lambda: service.handle_requests(requests))
+        await process(deliveries, service.handle_requests, dead_letters)
 
     return router

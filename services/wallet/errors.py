@@ -1,4 +1,7 @@
-class WalletError(Exception):
+from shared.errors import PermanentError
+
+
+class WalletError(PermanentError):
     """Base of the wallet's errors."""
 
 

@@ -5,9 +5,9 @@ from faststream.kafka.annotations import KafkaMessage
 
 from services.wallet.service import WalletService
 from shared import topics
-from shared.broker import DeadLetters, batch_subscription
+from shared.broker import batch_subscription
+from shared.consumer import DeadLetters, process
 from shared.contracts import PurchaseCompleted
-from shared.retry import until_done
 from shared.settings import ServiceSettings
 
 
@@ -20,7 +20,6 @@ def build_router(
     async def on_purchase_completed(message: KafkaMessage) -> None:
         """The payment service charged a purchase; credit its coins (wallet.coins-credited)."""
         deliveries = await dead_letters.sort(message.raw_message, PurchaseCompleted)
-        events = [delivery.message for delivery in deliveries]
-        await until_done(lambda: service.credit_purchases(events))
+        await process(deliveries, service.credit_purchases, dead_letters)
 
     return router

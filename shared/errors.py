@@ -1,0 +1,9 @@
+"""Errors every service shares."""
+
+
+class PermanentError(Exception):
+    """Processing this message can never succeed; retrying would only stall its partition.
+
+    Each service's error tree derives from it, so a consumer dead-letters the message
+    (reason `processing_failed`) instead of retrying it forever.
+    """

@@ -1,27 +1,71 @@
 """The ledger's rules: balanced transactions of postings between accounts.
 
 Pure: the service loads and locks the balances a batch touches, the `Ledger` applies
-transactions to them in memory, and the repository writes the resulting entries.
+transactions to them in memory, and the repository writes the resulting entries. The
+database enforces the same rules again on the entries (migration 0002).
 """
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from services.wallet.errors import InsufficientFundsError, UnbalancedTransactionError
+from services.wallet.errors import (
+    InsufficientFundsError,
+    InvalidPurchaseError,
+    UnbalancedTransactionError,
+)
 from shared.contracts import PurchaseCompleted
 
 PLATFORM = "platform"
 
 
+class Unit(StrEnum):
+    COINS = "coins"
+    DIAMONDS = "diamonds"
+
+
 class AccountKind(StrEnum):
+    """Mirrors the `account_kinds` table of migration 0002 (a test compares them)."""
+
     USER_COINS = "user_coins"
     USER_DIAMONDS = "user_diamonds"
-    COIN_ISSUANCE = "coin_issuance"
-    BONUS_ISSUANCE = "bonus_issuance"
+    USER_DIAMOND_HOLD = "user_diamond_hold"  # diamonds reserved by a pending payout
+    COIN_ISSUANCE = "coin_issuance"  # the other side of every purchased coin
+    BONUS_ISSUANCE = "bonus_issuance"  # the other side of every bonus coin
+    COIN_REVENUE = "coin_revenue"  # coins spent on gifts
+    DIAMOND_ISSUANCE = "diamond_issuance"  # the other side of every diamond credited
+    PAYOUT_CLEARING = "payout_clearing"  # diamonds paid out
+
+    @property
+    def unit(self) -> Unit:
+        return Unit.COINS if self in _COIN_KINDS else Unit.DIAMONDS
+
+    @property
+    def user_owned(self) -> bool:
+        return self.value.startswith("user_")
+
+    @property
+    def negative_allowed(self) -> bool:
+        """Issuance accounts are the negative side of everything that exists."""
+        return self in _ISSUANCE_KINDS
 
 
-USER_KINDS = frozenset({AccountKind.USER_COINS, AccountKind.USER_DIAMONDS})
+_COIN_KINDS = frozenset(
+    {
+        AccountKind.USER_COINS,
+        AccountKind.COIN_ISSUANCE,
+        AccountKind.BONUS_ISSUANCE,
+        AccountKind.COIN_REVENUE,
+    }
+)
+_ISSUANCE_KINDS = frozenset(
+    {AccountKind.COIN_ISSUANCE, AccountKind.BONUS_ISSUANCE, AccountKind.DIAMOND_ISSUANCE}
+)
+
+
+class TxKind(StrEnum):
+    PURCHASE = "purchase"
+    CLAWBACK = "clawback"
 
 
 @dataclass(frozen=True, order=True)
@@ -31,29 +75,38 @@ class AccountRef:
 
     @property
     def is_user(self) -> bool:
-        return self.kind in USER_KINDS
+        return self.kind.user_owned
 
 
 @dataclass(frozen=True)
 class Posting:
     account: AccountRef
     amount: int
+    counter: AccountRef | None = None  # the other side, so history can tell coins apart
+
+
+def transfer(source: AccountRef, target: AccountRef, amount: int) -> tuple[Posting, Posting]:
+    """`amount` moves from `source` to `target`: two postings naming each other."""
+    return Posting(target, amount, counter=source), Posting(source, -amount, counter=target)
 
 
 @dataclass(frozen=True)
 class Draft:
-    """A transaction not yet applied; its postings sum to zero."""
+    """A transaction not yet applied; its postings sum to zero in each unit."""
 
-    kind: str
+    kind: TxKind
     idempotency_key: str
     request_id: str
     postings: tuple[Posting, ...]
 
     def __post_init__(self) -> None:
-        if any(posting.amount == 0 for posting in self.postings):
-            raise UnbalancedTransactionError(f"{self.idempotency_key}: zero posting")
-        if sum(posting.amount for posting in self.postings) != 0:
-            raise UnbalancedTransactionError(f"{self.idempotency_key}: postings do not sum to 0")
+        if not self.postings or any(posting.amount == 0 for posting in self.postings):
+            raise UnbalancedTransactionError(f"{self.idempotency_key}: empty or zero posting")
+        for unit in Unit:
+            if sum(p.amount for p in self.postings if p.account.kind.unit is unit) != 0:
+                raise UnbalancedTransactionError(
+                    f"{self.idempotency_key}: {unit} postings do not sum to 0"
+                )
 
     @property
     def accounts(self) -> set[AccountRef]:
@@ -65,54 +118,124 @@ class Entry:
     account: AccountRef
     amount: int
     balance_after: int
+    counter: AccountRef | None = None
+
+
+@dataclass(frozen=True)
+class AccountState:
+    balance: int
+    frozen: bool = False
+
+
+def may_go_below_zero(account: AccountRef, kind: TxKind) -> bool:
+    """Only issuance accounts, and user coins taken back by a chargeback's clawback."""
+    if account.kind.negative_allowed:
+        return True
+    return kind is TxKind.CLAWBACK and account.kind is AccountKind.USER_COINS
 
 
 class Ledger:
-    """Balances of the accounts a batch holds locked; applies drafts to them in order."""
+    """States of the accounts a batch holds locked; applies drafts to them in order."""
 
-    def __init__(self, balances: Mapping[AccountRef, int]) -> None:
-        self._balances = dict(balances)
+    def __init__(self, states: Mapping[AccountRef, AccountState]) -> None:
+        self._states = dict(states)
+
+    def state(self, account: AccountRef) -> AccountState:
+        return self._states[account]
 
     def balance(self, account: AccountRef) -> int:
-        return self._balances[account]
+        return self._states[account].balance
 
     def apply(self, draft: Draft) -> list[Entry]:
-        """Apply a draft whole or not at all; user accounts may not end below zero."""
-        after = dict(self._balances)
+        """Apply a draft whole or not at all.
+
+        Entry by entry, as the database checks them: a posting that lowers an account
+        below zero is refused unless `may_go_below_zero` allows it.
+        """
+        running: dict[AccountRef, int] = {}
         entries = []
         for posting in draft.postings:
-            after[posting.account] += posting.amount
-            entries.append(Entry(posting.account, posting.amount, after[posting.account]))
-        short = [p.account for p in draft.postings if p.account.is_user and after[p.account] < 0]
-        if short:
-            raise InsufficientFundsError(f"{draft.idempotency_key}: {short[0]} would go negative")
-        self._balances = after
+            balance = running.get(posting.account, self.balance(posting.account)) + posting.amount
+            lowered_below_zero = posting.amount < 0 and balance < 0
+            if lowered_below_zero and not may_go_below_zero(posting.account, draft.kind):
+                raise InsufficientFundsError(
+                    f"{draft.idempotency_key}: {posting.account} would go below zero"
+                )
+            running[posting.account] = balance
+            entries.append(Entry(posting.account, posting.amount, balance, posting.counter))
+        for account, balance in running.items():
+            self._states[account] = AccountState(balance, frozen_at(account, balance))
         return entries
+
+
+def frozen_at(account: AccountRef, balance: int) -> bool:
+    """User coins below zero (only a clawback gets there) are frozen for spending until
+    a credit brings them back to zero or more."""
+    return account.kind is AccountKind.USER_COINS and balance < 0
 
 
 def coins(user_id: str) -> AccountRef:
     return AccountRef(user_id, AccountKind.USER_COINS)
 
 
+def diamonds(user_id: str) -> AccountRef:
+    return AccountRef(user_id, AccountKind.USER_DIAMONDS)
+
+
+def diamond_hold(user_id: str) -> AccountRef:
+    return AccountRef(user_id, AccountKind.USER_DIAMOND_HOLD)
+
+
 COIN_ISSUANCE = AccountRef(PLATFORM, AccountKind.COIN_ISSUANCE)
 BONUS_ISSUANCE = AccountRef(PLATFORM, AccountKind.BONUS_ISSUANCE)
+COIN_REVENUE = AccountRef(PLATFORM, AccountKind.COIN_REVENUE)
+DIAMOND_ISSUANCE = AccountRef(PLATFORM, AccountKind.DIAMOND_ISSUANCE)
+PAYOUT_CLEARING = AccountRef(PLATFORM, AccountKind.PAYOUT_CLEARING)
+
+
+def purchase_key(payment_id: str) -> str:
+    return f"purchase:{payment_id}"
+
+
+def clawback_key(payment_id: str) -> str:
+    return f"clawback:{payment_id}"
 
 
 def purchase_credit(event: PurchaseCompleted) -> Draft:
     """Coins bought (and promotion bonus) move from platform issuance to the user.
 
-    Purchased and bonus coins are separate postings against separate issuance
-    accounts, so the history tells them apart.
+    Purchased and bonus coins are separate transfers from separate issuance accounts,
+    so the history tells them apart. An event that parses but makes no sense is
+    refused whole (and dead-lettered), never partly credited.
     """
-    postings = [Posting(coins(event.user_id), event.coins), Posting(COIN_ISSUANCE, -event.coins)]
+    if event.coins <= 0 or event.bonus_coins < 0:
+        raise InvalidPurchaseError(
+            f"payment {event.payment_id}: coins={event.coins}, bonus_coins={event.bonus_coins}"
+        )
+    user = coins(event.user_id)
+    postings: tuple[Posting, ...] = transfer(COIN_ISSUANCE, user, event.coins)
     if event.bonus_coins:
-        postings += [
-            Posting(coins(event.user_id), event.bonus_coins),
-            Posting(BONUS_ISSUANCE, -event.bonus_coins),
-        ]
+        postings += transfer(BONUS_ISSUANCE, user, event.bonus_coins)
     return Draft(
-        kind="purchase",
-        idempotency_key=f"purchase:{event.payment_id}",
+        kind=TxKind.PURCHASE,
+        idempotency_key=purchase_key(event.payment_id),
         request_id=event.request_id,
-        postings=tuple(postings),
+        postings=postings,
     )
+
+
+def clawback(*, payment_id: str, request_id: str, credit: Iterable[Posting]) -> Draft:
+    """The mirror of a purchase credit: each coin goes back where it came from
+    (purchased to coin issuance, bonus to bonus issuance), whatever the balance."""
+    return Draft(
+        kind=TxKind.CLAWBACK,
+        idempotency_key=clawback_key(payment_id),
+        request_id=request_id,
+        postings=tuple(Posting(p.account, -p.amount, counter=p.counter) for p in credit),
+    )
+
+
+def user_total(entries: Iterable[Entry], account: AccountRef) -> tuple[int, int]:
+    """(sum of the amounts, balance after the last entry) of one account in a transaction."""
+    mine = [entry for entry in entries if entry.account == account]
+    return sum(entry.amount for entry in mine), mine[-1].balance_after

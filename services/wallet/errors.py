@@ -10,4 +10,12 @@ class UnbalancedTransactionError(WalletError):
 
 
 class InsufficientFundsError(WalletError):
-    """A posting would take a user account below zero."""
+    """A posting would take an account below zero (and it is no clawback)."""
+
+
+class InvalidPurchaseError(WalletError):
+    """A purchase-completed event that parses but makes no sense (coins <= 0, bonus < 0)."""
+
+
+class InvalidReversalError(WalletError):
+    """A purchase-reversed event that parses but makes no sense (coins <= 0)."""

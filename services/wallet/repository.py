@@ -1,12 +1,12 @@
 """Every SQL statement of the wallet."""
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
-from services.wallet.domain import AccountKind, AccountRef, Draft, Entry
+from services.wallet.domain import AccountKind, AccountRef, AccountState, Draft, Entry
 from shared.db import Connection
 
 
@@ -14,6 +14,11 @@ from shared.db import Connection
 class LockedAccount:
     account_id: int
     balance: int
+    frozen: bool
+
+    @property
+    def state(self) -> AccountState:
+        return AccountState(self.balance, self.frozen)
 
 
 @dataclass(frozen=True)
@@ -22,6 +27,7 @@ class HistoryItem:
     tx_id: int
     kind: str
     account_kind: str
+    counter_kind: str | None
     amount: int
     balance_after: int
     request_id: str
@@ -47,7 +53,7 @@ class WalletRepository:
         # One fixed lock order for every writer: no two batches can deadlock.
         rows = await conn.fetch(
             """
-            SELECT a.account_id, a.owner_id, a.kind, a.balance
+            SELECT a.account_id, a.owner_id, a.kind, a.balance, a.frozen
             FROM accounts a JOIN unnest($1::text[], $2::text[]) AS w(owner_id, kind)
                  USING (owner_id, kind)
             ORDER BY a.account_id
@@ -58,7 +64,7 @@ class WalletRepository:
         )
         return {
             AccountRef(row["owner_id"], AccountKind(row["kind"])): LockedAccount(
-                row["account_id"], row["balance"]
+                row["account_id"], row["balance"], row["frozen"]
             )
             for row in rows
         }
@@ -75,55 +81,74 @@ class WalletRepository:
         conn: Connection,
         *,
         applied: Sequence[tuple[Draft, list[Entry]]],
-        accounts: dict[AccountRef, LockedAccount],
+        accounts: Mapping[AccountRef, LockedAccount],
+        states: Mapping[AccountRef, AccountState],
     ) -> None:
-        """Write transactions and their entries, and move the account balances."""
-        drafts = [draft for draft, _ in applied]
-        tx_ids = await conn.fetch(
-            """
-            INSERT INTO ledger_transactions (kind, idempotency_key, request_id)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
-            RETURNING tx_id, idempotency_key
-            """,
-            [d.kind for d in drafts],
-            [d.idempotency_key for d in drafts],
-            [d.request_id for d in drafts],
-        )
-        tx_by_key = {row["idempotency_key"]: row["tx_id"] for row in tx_ids}
+        """Write transactions and their entries, then the accounts' new states."""
+        tx_by_key = await self._add_headers(conn, [draft for draft, _ in applied])
         rows = [
             (
                 tx_by_key[draft.idempotency_key],
                 accounts[e.account].account_id,
                 e.amount,
                 e.balance_after,
+                accounts[e.counter].account_id if e.counter else None,
             )
             for draft, entries in applied
             for e in entries
         ]
-        # All entries in one statement: the balance trigger checks each transaction once.
+        # All entries in one statement: the entry trigger checks the batch once. Ids
+        # follow the array order (WITH ORDINALITY), so each account's entries keep the
+        # order their balance_after values were computed in.
         await conn.execute(
             """
-            INSERT INTO ledger_entries (tx_id, account_id, amount, balance_after)
-            SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])
+            INSERT INTO ledger_entries (tx_id, account_id, amount, balance_after,
+                                        counter_account_id)
+            SELECT tx_id, account_id, amount, balance_after, counter_account_id
+            FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
+                 WITH ORDINALITY
+                 AS e(tx_id, account_id, amount, balance_after, counter_account_id, n)
+            ORDER BY n
             """,
             *(list(column) for column in zip(*rows, strict=True)),
         )
-        final = {row[1]: row[3] for row in rows}  # last entry per account = its new balance
+        touched = {e.account for _, entries in applied for e in entries}
+        await self._set_states(conn, {accounts[ref].account_id: states[ref] for ref in touched})
+
+    async def _add_headers(self, conn: Connection, drafts: Sequence[Draft]) -> dict[str, int]:
+        rows = await conn.fetch(
+            """
+            INSERT INTO ledger_transactions (kind, idempotency_key, request_id)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+            RETURNING tx_id, idempotency_key
+            """,
+            [str(d.kind) for d in drafts],
+            [d.idempotency_key for d in drafts],
+            [d.request_id for d in drafts],
+        )
+        return {row["idempotency_key"]: row["tx_id"] for row in rows}
+
+    async def _set_states(self, conn: Connection, states: Mapping[int, AccountState]) -> None:
         await conn.execute(
             """
-            UPDATE accounts a SET balance = n.balance
-            FROM unnest($1::bigint[], $2::bigint[]) AS n(account_id, balance)
+            UPDATE accounts a SET balance = n.balance, frozen = n.frozen
+            FROM unnest($1::bigint[], $2::bigint[], $3::boolean[]) AS n(account_id, balance, frozen)
             WHERE a.account_id = n.account_id
             """,
-            list(final),
-            list(final.values()),
+            list(states),
+            [state.balance for state in states.values()],
+            [state.frozen for state in states.values()],
         )
 
-    async def get_balances(
+    async def get_accounts(
         self, conn: Connection | asyncpg.Pool, *, owner_id: str
-    ) -> dict[AccountKind, int]:
-        rows = await conn.fetch("SELECT kind, balance FROM accounts WHERE owner_id = $1", owner_id)
-        return {AccountKind(row["kind"]): row["balance"] for row in rows}
+    ) -> dict[AccountKind, AccountState]:
+        rows = await conn.fetch(
+            "SELECT kind, balance, frozen FROM accounts WHERE owner_id = $1", owner_id
+        )
+        return {
+            AccountKind(row["kind"]): AccountState(row["balance"], row["frozen"]) for row in rows
+        }
 
     async def list_history(
         self,
@@ -136,12 +161,15 @@ class WalletRepository:
         """The owner's entries, newest first, strictly older than the cursor."""
         rows = await conn.fetch(
             """
-            SELECT e.entry_id, e.tx_id, t.kind, a.kind AS account_kind, e.amount,
-                   e.balance_after, t.request_id, e.created_at
+            SELECT e.entry_id, e.tx_id, t.kind, a.kind AS account_kind,
+                   c.kind AS counter_kind, e.amount, e.balance_after, t.request_id,
+                   e.created_at
             FROM accounts a
             JOIN ledger_entries e ON e.account_id = a.account_id
             JOIN ledger_transactions t ON t.tx_id = e.tx_id
-            WHERE a.owner_id = $1 AND ($2::bigint IS NULL OR e.entry_id < $2)
+            LEFT JOIN accounts c ON c.account_id = e.counter_account_id
+            WHERE a.owner_id = $1 AND a.kind IN (SELECT kind FROM account_kinds WHERE user_owned)
+              AND ($2::bigint IS NULL OR e.entry_id < $2)
             ORDER BY e.entry_id DESC
             LIMIT $3
             """,

@@ -106,3 +106,39 @@ async def test_bad_messages_go_to_the_dead_letter_topic_and_the_next_one_is_proc
         assert h["dlq.service"] == "wallet"
         assert int(h["dlq.partition"]) >= 0 and int(h["dlq.offset"]) >= 0
     assert int(headers[1]["dlq.offset"]) == int(headers[0]["dlq.offset"]) + 1
+
+
+async def test_a_nonsensical_purchase_is_dead_lettered_alone_and_its_batch_neighbours_credited(
+    service_settings: Callable[..., Any], infra: Any
+) -> None:
+    """Published while no wallet runs, so the wallet fetches them as one batch: the two
+    poisoned events fail the batch's transaction, halving isolates each of them."""
+    user = unique("user")
+    goods = [completed(user, coins=70), completed(user, coins=350, bonus=35), completed(user)]
+    zero, negative_bonus = completed(user, coins=0), completed(user, coins=70, bonus=-7)
+    batch = [goods[0], zero, goods[1], negative_bonus, goods[2]]
+    async with TopicReader(
+        infra.kafka_bootstrap, (topics.dlq(topics.PURCHASE_COMPLETED), topics.COINS_CREDITED)
+    ) as reader:
+        await publish(
+            infra.kafka_bootstrap, topics.PURCHASE_COMPLETED, list(map(as_message, batch))
+        )
+        async with in_process(create_app(service_settings(WalletSettings))) as wallet:
+            await reader.wait_for(topics.COINS_CREDITED, payment_id=goods[2].payment_id)
+            await reader.wait_for(topics.dlq(topics.PURCHASE_COMPLETED), 2, user_id=user)
+            assert await coins_of(wallet, user) == 70 + 385 + 70
+        credited = reader.matching(topics.COINS_CREDITED, user_id=user)
+        dead = [
+            r
+            for r in reader.records
+            if r.topic == topics.dlq(topics.PURCHASE_COMPLETED) and r.key == user.encode()
+        ]
+
+    assert [c["payment_id"] for c in credited] == [g.payment_id for g in goods]
+    assert [json.loads(r.value or b"")["payment_id"] for r in dead] == [
+        zero.payment_id,
+        negative_bonus.payment_id,
+    ]
+    headers = [dict((k, v.decode()) for k, v in r.headers) for r in dead]
+    assert {h["dlq.reason"] for h in headers} == {"processing_failed"}
+    assert all("InvalidPurchaseError" in h["dlq.error"] for h in headers)

@@ -137,9 +137,8 @@ async def process(
         if not is_permanent(error):
             raise
         if len(deliveries) == 1:
-            await dead_letters.send(
-                deliveries[0].record, reason="processing_failed", error=_describe(error)
-            )
+            reason = getattr(error, "reason", "processing_failed")
+            await dead_letters.send(deliveries[0].record, reason=reason, error=_describe(error))
             return
         # Halves in order: the messages around the one at fault keep their sequence.
         middle = len(deliveries) // 2

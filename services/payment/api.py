@@ -1,6 +1,7 @@
 """Read-only HTTP routes of the payment service."""
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -16,13 +17,14 @@ def routes(service: PaymentService) -> Sequence[BaseRoute]:
         if len(currency) != 3 or not currency.isalpha():
             return bad_request("currency must be an ISO 4217 code such as USD")
         offers = await service.offers(currency=currency)
+        now = datetime.now(UTC)
         return JSONResponse(
             {
                 "packages": [
                     {
                         "package_id": offer.package_id,
                         "coins": offer.coins,
-                        "bonus_coins": offer.bonus_coins,
+                        "bonus_coins": offer.bonus_at(now),
                         "price": offer.price.model_dump(),
                     }
                     for offer in offers

@@ -1,6 +1,10 @@
 """Recharge rules: what a purchase request may buy, and what it becomes."""
 
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import ROUND_CEILING, Decimal
 from typing import Literal
 
 from shared.contracts import PurchaseFailureReason, PurchaseRequested
@@ -10,13 +14,27 @@ Status = Literal["pending", "completed", "failed", "reversed"]
 
 
 @dataclass(frozen=True)
+class Promotion:
+    """Bonus coins on a package while `starts_at <= t < ends_at`."""
+
+    bonus_coins: int
+    starts_at: datetime
+    ends_at: datetime
+
+
+@dataclass(frozen=True)
 class Offer:
-    """A package as the catalog sells it now, in one currency."""
+    """A package as the catalog sells it in one currency, with its promotions."""
 
     package_id: str
     coins: int
-    bonus_coins: int
     price: Money
+    promotions: tuple[Promotion, ...] = ()
+
+    def bonus_at(self, at: datetime) -> int:
+        """The bonus of the best promotion running at `at`, else 0."""
+        running = [p.bonus_coins for p in self.promotions if p.starts_at <= at < p.ends_at]
+        return max(running, default=0)
 
 
 @dataclass(frozen=True)
@@ -29,35 +47,103 @@ class Purchase:
     coins: int
     bonus_coins: int
     status: Status
+    fingerprint: str
     reason: PurchaseFailureReason | None = None
     payment_id: str | None = None
 
 
-def refusal(request: PurchaseRequested, offer: Offer | None) -> PurchaseFailureReason | None:
-    """Why the request must not be charged, or None when it may be."""
-    if request.price.amount_minor <= 0:
-        return "invalid_request"
-    if offer is None:
-        return "unknown_package"
-    # Never charge a price the user did not see.
-    if offer.price != request.price:
-        return "price_mismatch"
-    return None
+@dataclass(frozen=True)
+class RiskLimits:
+    daily_cap_usd_minor: int
+    purchases_per_hour: int
+    usd_per_unit: Mapping[str, Decimal]
+
+    def in_usd_minor(self, price: Money) -> int:
+        """The price in US cents, rounded up: the cap is never exceeded by rounding."""
+        cents = Decimal(price.amount_minor) * self.usd_per_unit[price.currency]
+        return int(cents.to_integral_value(rounding=ROUND_CEILING))
 
 
-def decide(request: PurchaseRequested, offer: Offer | None) -> Purchase:
-    """The purchase a new request becomes: failed with a reason, or pending its charge."""
-    reason = refusal(request, offer)
-    coins = offer.coins if offer and reason is None else 0
-    bonus = offer.bonus_coins if offer and reason is None else 0
-    return Purchase(
-        request_id=request.request_id,
-        user_id=request.user_id,
-        package_id=request.package_id,
-        price=request.price,
-        payment_method=request.payment_method,
-        coins=coins,
-        bonus_coins=bonus,
-        status="failed" if reason else "pending",
-        reason=reason,
+@dataclass
+class Activity:
+    """One user's purchases that count against the limits: spend today, count this hour."""
+
+    spent_today_usd_minor: int = 0
+    purchases_last_hour: int = 0
+
+    def add(self, spent_usd_minor: int) -> None:
+        self.spent_today_usd_minor += spent_usd_minor
+        self.purchases_last_hour += 1
+
+
+@dataclass
+class Decider:
+    """Decides a batch of new requests in order, counting earlier ones against the limits."""
+
+    limits: RiskLimits
+    offers: Mapping[tuple[str, str], Offer]
+    activity: dict[str, Activity] = field(default_factory=dict)
+
+    def decide(self, request: PurchaseRequested, *, now: datetime) -> Purchase:
+        """The purchase a new request becomes: failed with a reason, or pending its charge.
+
+        A promotion applies when the request was made inside its window (the bonus the
+        app showed), never later than the moment we process it.
+        """
+        offer = self.offers.get((request.package_id, request.price.currency))
+        reason = self._refusal(request, offer)
+        if reason is None:
+            assert offer is not None
+            self.activity.setdefault(request.user_id, Activity()).add(
+                self.limits.in_usd_minor(request.price)
+            )
+        return Purchase(
+            request_id=request.request_id,
+            user_id=request.user_id,
+            package_id=request.package_id,
+            price=request.price,
+            payment_method=request.payment_method,
+            coins=offer.coins if offer and reason is None else 0,
+            bonus_coins=offer.bonus_at(min(request.occurred_at, now))
+            if offer and not reason
+            else 0,
+            status="failed" if reason else "pending",
+            fingerprint=fingerprint(request),
+            reason=reason,
+        )
+
+    def _refusal(
+        self, request: PurchaseRequested, offer: Offer | None
+    ) -> PurchaseFailureReason | None:
+        """Why the request must not be charged, or None when it may be."""
+        if (
+            request.price.amount_minor <= 0
+            or request.price.currency not in self.limits.usd_per_unit
+        ):
+            return "invalid_request"
+        if offer is None:
+            sold = any(package == request.package_id for package, _ in self.offers)
+            return "price_mismatch" if sold else "unknown_package"
+        if offer.price != request.price:
+            return "price_mismatch"  # never charge a price the user did not see
+        activity = self.activity.get(request.user_id, Activity())
+        if activity.purchases_last_hour >= self.limits.purchases_per_hour:
+            return "limit_exceeded"
+        spent = activity.spent_today_usd_minor + self.limits.in_usd_minor(request.price)
+        if spent > self.limits.daily_cap_usd_minor:
+            return "limit_exceeded"
+        return None
+
+
+def fingerprint(request: PurchaseRequested) -> str:
+    """What makes a repeated request_id the same request (its time may differ)."""
+    content = "|".join(
+        (
+            request.user_id,
+            request.package_id,
+            str(request.price.amount_minor),
+            request.price.currency,
+            request.payment_method,
+        )
     )
+    return hashlib.sha256(content.encode()).hexdigest()

@@ -7,7 +7,7 @@ from services.payment.service import PaymentService
 from shared import topics
 from shared.broker import batch_subscription
 from shared.consumer import DeadLetters, process
-from shared.contracts import PurchaseRequested
+from shared.contracts import ChargebackReceived, PurchaseRequested
 from shared.settings import ServiceSettings
 
 
@@ -21,5 +21,11 @@ def build_router(
         """Upstream apps ask to buy a coin package; answers purchase-completed or -failed."""
         deliveries = await dead_letters.sort(message.raw_message, PurchaseRequested)
         await process(deliveries, service.handle_requests, dead_letters)
+
+    @router.subscriber(topics.CHARGEBACK_RECEIVED, **batch_subscription(settings))
+    async def on_chargeback_received(message: KafkaMessage) -> None:
+        """The card network's webhook relay reports a chargeback; answers purchase-reversed."""
+        deliveries = await dead_letters.sort(message.raw_message, ChargebackReceived)
+        await process(deliveries, service.handle_chargebacks, dead_letters)
 
     return router

@@ -3,18 +3,20 @@
 from starlette.applications import Starlette
 
 from services.payment import api, handlers
-from services.payment.provider import SimulatedProvider
+from services.payment.provider import CardProvider, SimulatedProvider
 from services.payment.repository import PaymentRepository
 from services.payment.service import PaymentService
 from services.payment.settings import PaymentSettings
 from shared.runtime import ServiceKit, serve
 
 
-def create_app(settings: PaymentSettings | None = None) -> Starlette:
+def create_app(
+    settings: PaymentSettings | None = None, provider: CardProvider | None = None
+) -> Starlette:
     settings = settings or PaymentSettings()
     kit = ServiceKit(settings)
-    provider = SimulatedProvider(latency_ms=settings.provider_latency_ms)
-    service = PaymentService(kit.db, PaymentRepository(), provider)
+    provider = provider or SimulatedProvider(latency_ms=settings.provider_latency_ms)
+    service = PaymentService(kit.db, PaymentRepository(), provider, settings)
     kit.include(handlers.build_router(service, kit.dead_letters, settings))
     return kit.http_app(api.routes(service))
 

@@ -1,32 +1,28 @@
 """Every SQL statement of the payment service."""
 
+from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
 
 import asyncpg
 
-from services.payment.domain import Offer, Purchase
+from services.payment.domain import Offer, Promotion, Purchase
 from shared.db import Connection
 from shared.money import Money
 
-_OFFERS = """
-    SELECT p.package_id, p.coins, pp.currency, pp.amount_minor,
-           COALESCE((SELECT max(bonus_coins) FROM promotions pr
-                     WHERE pr.package_id = p.package_id
-                       AND pr.starts_at <= $2 AND $2 < pr.ends_at), 0) AS bonus_coins
-    FROM packages p JOIN package_prices pp USING (package_id)
-    WHERE p.active AND pp.currency = ANY($1::text[])
-    ORDER BY pp.currency, pp.amount_minor
+# Purchases that count against the limits: spend is money charged or being charged;
+# velocity counts every attempt that reached the card network.
+_ACTIVITY = """
+    SELECT user_id, currency,
+           coalesce(sum(price_minor) FILTER (
+               WHERE created_at >= $2 AND status IN ('pending', 'completed')), 0)::bigint AS spent,
+           count(*) FILTER (
+               WHERE created_at >= $3 AND (status <> 'failed'
+                   OR reason IN ('payment_declined', 'provider_unavailable'))) AS attempts
+    FROM purchases
+    WHERE user_id = ANY($1::text[]) AND created_at >= least($2, $3)
+    GROUP BY user_id, currency
 """
-
-
-def _offer(row: asyncpg.Record) -> Offer:
-    return Offer(
-        package_id=row["package_id"],
-        coins=row["coins"],
-        bonus_coins=row["bonus_coins"],
-        price=Money(amount_minor=row["amount_minor"], currency=row["currency"]),
-    )
 
 
 def _purchase(row: asyncpg.Record) -> Purchase:
@@ -39,6 +35,7 @@ def _purchase(row: asyncpg.Record) -> Purchase:
         coins=row["coins"],
         bonus_coins=row["bonus_coins"],
         status=row["status"],
+        fingerprint=row["fingerprint"] or "",
         reason=row["reason"],
         payment_id=row["payment_id"],
     )
@@ -46,9 +43,54 @@ def _purchase(row: asyncpg.Record) -> Purchase:
 
 class PaymentRepository:
     async def list_offers(
-        self, conn: Connection, *, currencies: Sequence[str], at: datetime
+        self, conn: Connection | asyncpg.Pool, *, currencies: Sequence[str] | None = None
     ) -> list[Offer]:
-        return [_offer(row) for row in await conn.fetch(_OFFERS, list(currencies), at)]
+        """Active packages priced in these currencies (default: all), with promotions."""
+        rows = await conn.fetch(
+            """
+            SELECT p.package_id, p.coins, pp.currency, pp.amount_minor
+            FROM packages p JOIN package_prices pp USING (package_id)
+            WHERE p.active AND ($1::text[] IS NULL OR pp.currency = ANY($1::text[]))
+            ORDER BY pp.currency, pp.amount_minor
+            """,
+            None if currencies is None else list(currencies),
+        )
+        promotions = await self._promotions(conn)
+        return [
+            Offer(
+                package_id=row["package_id"],
+                coins=row["coins"],
+                price=Money(amount_minor=row["amount_minor"], currency=row["currency"]),
+                promotions=promotions.get(row["package_id"], ()),
+            )
+            for row in rows
+        ]
+
+    async def _promotions(
+        self, conn: Connection | asyncpg.Pool
+    ) -> dict[str, tuple[Promotion, ...]]:
+        rows = await conn.fetch(
+            "SELECT package_id, bonus_coins, starts_at, ends_at FROM promotions"
+            " WHERE ends_at > now() - interval '1 day'"
+        )
+        found: dict[str, list[Promotion]] = defaultdict(list)
+        for row in rows:
+            found[row["package_id"]].append(
+                Promotion(row["bonus_coins"], row["starts_at"], row["ends_at"])
+            )
+        return {package: tuple(items) for package, items in found.items()}
+
+    async def list_activity(
+        self,
+        conn: Connection,
+        *,
+        user_ids: Sequence[str],
+        day_start: datetime,
+        hour_ago: datetime,
+    ) -> list[tuple[str, str, int, int]]:
+        """(user_id, currency, spent today in minor units, attempts in the last hour)."""
+        rows = await conn.fetch(_ACTIVITY, list(user_ids), day_start, hour_ago)
+        return [(r["user_id"], r["currency"], r["spent"], r["attempts"]) for r in rows]
 
     async def get_by_request_ids(
         self, conn: Connection, *, request_ids: Sequence[str]
@@ -75,10 +117,10 @@ class PaymentRepository:
             """
             INSERT INTO purchases (request_id, user_id, package_id, price_minor, currency,
                                    payment_method, coins, bonus_coins, status, reason,
-                                   requested_at)
+                                   fingerprint, requested_at)
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[],
                                  $6::text[], $7::int[], $8::int[], $9::text[], $10::text[],
-                                 $11::timestamptz[])
+                                 $11::text[], $12::timestamptz[])
             """,
             [p.request_id for p in purchases],
             [p.user_id for p in purchases],
@@ -90,6 +132,7 @@ class PaymentRepository:
             [p.bonus_coins for p in purchases],
             [p.status for p in purchases],
             [p.reason for p in purchases],
+            [p.fingerprint for p in purchases],
             list(requested_at),
         )
 
@@ -101,15 +144,18 @@ class PaymentRepository:
         statuses: Sequence[str],
         reasons: Sequence[str | None],
         payment_ids: Sequence[str | None],
+        provider_references: Sequence[str | None],
     ) -> list[Purchase]:
         """Move pending purchases to their outcome; returns only those this call moved."""
         rows = await conn.fetch(
             """
             UPDATE purchases p
             SET status = o.status, reason = o.reason, payment_id = o.payment_id,
+                provider_reference = o.reference,
+                charged_at = CASE WHEN o.status = 'completed' THEN now() END,
                 updated_at = now()
-            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
-                 AS o(request_id, status, reason, payment_id)
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+                 AS o(request_id, status, reason, payment_id, reference)
             WHERE p.request_id = o.request_id AND p.status = 'pending'
             RETURNING p.*
             """,
@@ -117,5 +163,53 @@ class PaymentRepository:
             list(statuses),
             list(reasons),
             list(payment_ids),
+            list(provider_references),
         )
         return [_purchase(row) for row in rows]
+
+    async def add_chargeback(
+        self,
+        conn: Connection,
+        *,
+        chargeback_id: str,
+        payment_id: str,
+        user_id: str,
+        occurred_at: datetime,
+    ) -> bool:
+        """Record a chargeback once; False when this chargeback_id was seen before."""
+        status = await conn.execute(
+            """
+            INSERT INTO chargebacks (chargeback_id, payment_id, user_id, outcome, occurred_at)
+            VALUES ($1, $2, $3, 'unknown_payment', $4)
+            ON CONFLICT (chargeback_id) DO NOTHING
+            """,
+            chargeback_id,
+            payment_id,
+            user_id,
+            occurred_at,
+        )
+        return bool(status == "INSERT 0 1")
+
+    async def set_chargeback_outcome(
+        self, conn: Connection, *, chargeback_id: str, outcome: str
+    ) -> None:
+        await conn.execute(
+            "UPDATE chargebacks SET outcome = $2 WHERE chargeback_id = $1", chargeback_id, outcome
+        )
+
+    async def reverse(self, conn: Connection, *, payment_id: str, user_id: str) -> Purchase | None:
+        """Mark a completed purchase reversed; None when there is none to reverse."""
+        row = await conn.fetchrow(
+            """
+            UPDATE purchases SET status = 'reversed', updated_at = now()
+            WHERE payment_id = $1 AND user_id = $2 AND status = 'completed'
+            RETURNING *
+            """,
+            payment_id,
+            user_id,
+        )
+        return _purchase(row) if row else None
+
+    async def get_by_payment_id(self, conn: Connection, *, payment_id: str) -> Purchase | None:
+        row = await conn.fetchrow("SELECT * FROM purchases WHERE payment_id = $1", payment_id)
+        return _purchase(row) if row else None

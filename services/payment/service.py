@@ -1,17 +1,29 @@
-"""Recharge use cases: record a request, charge it, publish its one outcome."""
+"""Recharge use cases: record a request, charge it, publish its one outcome; chargebacks."""
 
 import asyncio
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from services.payment import domain
-from services.payment.domain import Offer, Purchase
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from services.payment.domain import Activity, Decider, Offer, Purchase, RiskLimits, fingerprint
+from services.payment.errors import IdempotencyConflictError, ProviderUnavailableError
 from services.payment.provider import CardProvider, Charge
 from services.payment.repository import PaymentRepository
+from services.payment.settings import PaymentSettings
 from shared import outbox
-from shared.contracts import Event, PurchaseCompleted, PurchaseFailed, PurchaseRequested
+from shared.contracts import (
+    ChargebackReceived,
+    Event,
+    PurchaseCompleted,
+    PurchaseFailed,
+    PurchaseRequested,
+    PurchaseReversed,
+)
 from shared.db import Connection, Database
+from shared.faults import crash_point
+from shared.money import Money
 
 
 def _outcome_event(purchase: Purchase) -> Event:
@@ -33,16 +45,25 @@ def _outcome_event(purchase: Purchase) -> Event:
 
 
 class PaymentService:
-    def __init__(self, db: Database, repository: PaymentRepository, provider: CardProvider) -> None:
+    def __init__(
+        self,
+        db: Database,
+        repository: PaymentRepository,
+        provider: CardProvider,
+        settings: PaymentSettings,
+    ) -> None:
         self._db = db
         self._repository = repository
         self._provider = provider
+        self._settings = settings
+        self._limits = RiskLimits(
+            daily_cap_usd_minor=settings.daily_spend_cap_usd_minor,
+            purchases_per_hour=settings.purchases_per_hour,
+            usd_per_unit=settings.usd_per_unit,
+        )
 
     async def offers(self, *, currency: str) -> list[Offer]:
-        async with self._db.pool.acquire() as conn:
-            return await self._repository.list_offers(
-                conn, currencies=[currency], at=datetime.now(UTC)
-            )
+        return await self._repository.list_offers(self._db.pool, currencies=[currency])
 
     async def purchase(self, *, request_id: str) -> Purchase | None:
         return await self._repository.get_by_request_id(self._db.pool, request_id=request_id)
@@ -56,7 +77,8 @@ class PaymentService:
         """
         first_seen: dict[str, PurchaseRequested] = {}
         for request in requests:
-            first_seen.setdefault(request.request_id, request)
+            if first_seen.setdefault(request.request_id, request) is not request:
+                _refuse_if_different(first_seen[request.request_id], request)
         pending = await self._record(list(first_seen.values()))
         if pending:
             charges = await asyncio.gather(*(self._charge(purchase) for purchase in pending))
@@ -67,49 +89,145 @@ class PaymentService:
             known = await self._repository.get_by_request_ids(
                 conn, request_ids=[r.request_id for r in requests]
             )
+            for request in requests:
+                if request.request_id in known:
+                    _refuse_if_different(known[request.request_id], request)
             new = [r for r in requests if r.request_id not in known]
-            offers = await self._offers_for(conn, new)
-            decided = [domain.decide(r, offers.get((r.package_id, r.price.currency))) for r in new]
+            decider = await self._decider(conn, new)
+            now = datetime.now(UTC)
+            decided = [decider.decide(r, now=now) for r in new]
             await self._repository.add_many(
                 conn, purchases=decided, requested_at=[r.occurred_at for r in new]
             )
             await outbox.enqueue(conn, [_outcome_event(p) for p in decided if p.status == "failed"])
+        crash_point("payment.recorded")
         # In request order, so one user's outcomes are published in the order asked.
         purchases = {p.request_id: p for p in [*known.values(), *decided]}
         return [
             purchases[r.request_id] for r in requests if purchases[r.request_id].status == "pending"
         ]
 
-    async def _offers_for(
-        self, conn: Connection, requests: Sequence[PurchaseRequested]
-    ) -> dict[tuple[str, str], Offer]:
-        currencies = sorted({r.price.currency for r in requests})
-        if not currencies:
-            return {}
-        offers = await self._repository.list_offers(
+    async def _decider(self, conn: Connection, requests: Sequence[PurchaseRequested]) -> Decider:
+        # The whole catalog: a package priced in another currency is a price mismatch.
+        offers = await self._repository.list_offers(conn) if requests else []
+        now = datetime.now(UTC)
+        activity: dict[str, Activity] = {}
+        for user_id, currency, spent, attempts in await self._repository.list_activity(
             conn,
-            currencies=currencies,
-            at=datetime.now(UTC),
+            user_ids=sorted({r.user_id for r in requests}),
+            day_start=now.replace(hour=0, minute=0, second=0, microsecond=0),
+            hour_ago=now - timedelta(hours=1),
+        ):
+            seen = activity.setdefault(user_id, Activity())
+            if spent and currency in self._limits.usd_per_unit:
+                seen.spent_today_usd_minor += self._limits.in_usd_minor(_money(spent, currency))
+            seen.purchases_last_hour += attempts
+        return Decider(
+            self._limits, {(o.package_id, o.price.currency): o for o in offers}, activity
         )
-        return {(o.package_id, o.price.currency): o for o in offers}
 
-    async def _charge(self, purchase: Purchase) -> Charge:
-        return await self._provider.charge(
-            idempotency_key=purchase.request_id,
-            method=purchase.payment_method,
-            amount=purchase.price,
-        )
+    async def _charge(self, purchase: Purchase) -> Charge | None:
+        """Charge with retries on transient provider errors; None once the budget is spent."""
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(self._settings.provider_max_attempts),
+                wait=wait_exponential(multiplier=self._settings.provider_retry_base_s),
+                retry=retry_if_exception_type(ProviderUnavailableError),
+                reraise=True,
+            ):
+                with attempt:
+                    # The request_id as idempotency key: a retry, a redelivery or a
+                    # restart asks for the same charge, never a second one.
+                    return await self._provider.charge(
+                        idempotency_key=purchase.request_id,
+                        method=purchase.payment_method,
+                        amount=purchase.price,
+                    )
+        except ProviderUnavailableError:
+            return None
+        raise AssertionError("unreachable: AsyncRetrying reraises after its last attempt")
 
-    async def _settle(self, pending: Sequence[Purchase], charges: Sequence[Charge]) -> None:
-        approved = [c.outcome == "approved" for c in charges]
+    async def _settle(self, pending: Sequence[Purchase], charges: Sequence[Charge | None]) -> None:
+        outcomes = [_outcome(charge) for charge in charges]
         async with self._db.transaction() as conn:
             settled = await self._repository.settle_many(
                 conn,
                 request_ids=[p.request_id for p in pending],
-                statuses=["completed" if ok else "failed" for ok in approved],
-                reasons=[None if ok else "payment_declined" for ok in approved],
-                payment_ids=[f"pay_{uuid.uuid4().hex}" if ok else None for ok in approved],
+                statuses=[status for status, _ in outcomes],
+                reasons=[reason for _, reason in outcomes],
+                payment_ids=[
+                    f"pay_{uuid.uuid4().hex}" if s == "completed" else None for s, _ in outcomes
+                ],
+                provider_references=[c.provider_reference if c else None for c in charges],
             )
             order = {p.request_id: i for i, p in enumerate(pending)}
             settled.sort(key=lambda p: order[p.request_id])
             await outbox.enqueue(conn, [_outcome_event(p) for p in settled])
+
+    async def handle_chargebacks(self, chargebacks: Sequence[ChargebackReceived]) -> None:
+        """Reverse completed purchases (payment.purchase-reversed); record every chargeback.
+
+        A chargeback for an unknown or already reversed payment has no effect but is
+        kept, with what it did, for the operator.
+        """
+        async with self._db.transaction() as conn:
+            events: list[Event] = []
+            for chargeback in chargebacks:
+                reversed_ = await self._reverse(conn, chargeback)
+                if reversed_ is not None:
+                    events.append(reversed_)
+            await outbox.enqueue(conn, events)
+
+    async def _reverse(self, conn: Connection, chargeback: ChargebackReceived) -> Event | None:
+        first_time = await self._repository.add_chargeback(
+            conn,
+            chargeback_id=chargeback.chargeback_id,
+            payment_id=chargeback.payment_id,
+            user_id=chargeback.user_id,
+            occurred_at=chargeback.occurred_at,
+        )
+        if not first_time:
+            return None  # a redelivery: its effect, if any, is already recorded
+        purchase = await self._repository.reverse(
+            conn, payment_id=chargeback.payment_id, user_id=chargeback.user_id
+        )
+        if purchase is None:
+            known = await self._repository.get_by_payment_id(conn, payment_id=chargeback.payment_id)
+            outcome = (
+                "already_reversed" if known and known.status == "reversed" else "unknown_payment"
+            )
+            await self._repository.set_chargeback_outcome(
+                conn, chargeback_id=chargeback.chargeback_id, outcome=outcome
+            )
+            return None
+        await self._repository.set_chargeback_outcome(
+            conn, chargeback_id=chargeback.chargeback_id, outcome="reversed"
+        )
+        assert purchase.payment_id is not None
+        return PurchaseReversed(
+            request_id=chargeback.chargeback_id,
+            payment_id=purchase.payment_id,
+            user_id=purchase.user_id,
+            coins=purchase.coins + purchase.bonus_coins,
+        )
+
+
+def _outcome(charge: Charge | None) -> tuple[str, str | None]:
+    if charge is None:
+        return "failed", "provider_unavailable"
+    if charge.outcome == "approved":
+        return "completed", None
+    return "failed", "payment_declined"
+
+
+def _money(amount_minor: int, currency: str) -> Money:
+    return Money(amount_minor=amount_minor, currency=currency)
+
+
+def _refuse_if_different(known: Purchase | PurchaseRequested, request: PurchaseRequested) -> None:
+    """The same request_id must carry the same request; anything else is refused."""
+    known_print = known.fingerprint if isinstance(known, Purchase) else fingerprint(known)
+    if known_print != fingerprint(request):
+        raise IdempotencyConflictError(
+            f"request_id {request.request_id!r} was used before for a different request"
+        )

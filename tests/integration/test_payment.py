@@ -1,22 +1,35 @@
 """The payment service against real Kafka and PostgreSQL: outcomes and idempotency."""
 
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
 from services.payment.main import create_app
+from services.payment.provider import SimulatedProvider
 from services.payment.settings import PaymentSettings
 from shared import topics
-from tests.support import TopicReader, in_process, publish, purchase_request, unique
+from tests.support import TopicReader, eventually, in_process, publish, purchase_request, unique
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-async def payment(service_settings: Callable[..., Any]) -> AsyncIterator[httpx.AsyncClient]:
-    async with in_process(create_app(service_settings(PaymentSettings))) as client:
+@pytest.fixture(scope="module")
+def provider() -> SimulatedProvider:
+    """The simulated card network, for tests to see what it was asked and what it charged."""
+    return SimulatedProvider()
+
+
+@pytest.fixture(scope="module")
+async def payment(
+    service_settings: Callable[..., Any], provider: SimulatedProvider
+) -> AsyncIterator[httpx.AsyncClient]:
+    """One payment service for the module (joining a consumer group takes seconds)."""
+    settings = service_settings(PaymentSettings, provider_retry_base_s=0.01)
+    async with in_process(create_app(settings, provider=provider)) as client:
         yield client
 
 
@@ -77,3 +90,195 @@ async def test_the_catalog_lists_packages_per_currency(payment: httpx.AsyncClien
     assert {p["price"]["currency"] for p in eur} == {"EUR"}
     assert (await payment.get("/v1/packages?currency=JPY")).json()["packages"] == []
     assert (await payment.get("/v1/packages?currency=dollars")).status_code == 400
+
+
+async def outcomes(
+    infra: Any, user: str, requests: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Publish requests for one user; return request_id -> outcome event, once all have one."""
+    outcome_topics = (topics.PURCHASE_COMPLETED, topics.PURCHASE_FAILED)
+    async with TopicReader(infra.kafka_bootstrap, outcome_topics) as reader:
+        await publish(
+            infra.kafka_bootstrap, topics.PURCHASE_REQUESTED, [(user, r) for r in requests]
+        )
+        wanted = {r["request_id"] for r in requests}
+
+        async def all_answered() -> dict[str, dict[str, Any]] | None:
+            found = {
+                body["request_id"]: body | {"topic": topic}
+                for topic in outcome_topics
+                for body in reader.matching(topic, user_id=user)
+            }
+            return found if wanted <= set(found) else None
+
+        return await eventually(all_answered)
+
+
+async def test_a_flaky_card_is_retried_and_charged_exactly_once(
+    payment: httpx.AsyncClient, provider: SimulatedProvider, infra: Any
+) -> None:
+    user = unique("user")
+    request = purchase_request(user_id=user, method="pm_card_flaky")
+    found = await outcomes(infra, user, [request])
+    assert found[request["request_id"]]["topic"] == topics.PURCHASE_COMPLETED
+    assert provider.attempts[request["request_id"]] == 2
+    assert provider.cards_charged[request["request_id"]] == 1
+
+
+async def test_a_provider_that_is_down_ends_as_provider_unavailable(
+    payment: httpx.AsyncClient, provider: SimulatedProvider, infra: Any
+) -> None:
+    user = unique("user")
+    request = purchase_request(user_id=user, method="pm_card_down")
+    found = await outcomes(infra, user, [request])
+    assert found[request["request_id"]]["reason"] == "provider_unavailable"
+    assert provider.attempts[request["request_id"]] == 4  # the whole retry budget
+    assert provider.cards_charged[request["request_id"]] == 0
+    status = (await payment.get(f"/v1/purchases/{request['request_id']}")).json()
+    assert (status["status"], status["reason"]) == ("failed", "provider_unavailable")
+
+
+async def test_the_daily_spend_cap(payment: httpx.AsyncClient, infra: Any) -> None:
+    user = unique("user")
+    big = [
+        purchase_request(user_id=user, package_id="coins_17500", amount=24999) for _ in range(11)
+    ]
+    found = await outcomes(infra, user, big)
+    reasons = [found[r["request_id"]].get("reason") for r in big]
+    assert reasons == [None] * 10 + ["limit_exceeded"]  # $2,499.90 passes, $2,749.89 does not
+    another_user = unique("user")
+    small = purchase_request(user_id=another_user)
+    assert (await outcomes(infra, another_user, [small]))[small["request_id"]].get("reason") is None
+
+
+async def test_the_hourly_velocity_limit(payment: httpx.AsyncClient, infra: Any) -> None:
+    user = unique("user")
+    first = [purchase_request(user_id=user) for _ in range(15)]
+    await outcomes(infra, user, first)  # earlier purchases, in another batch, count too
+    rest = [purchase_request(user_id=user) for _ in range(6)]
+    found = await outcomes(infra, user, rest)
+    assert [found[r["request_id"]].get("reason") for r in rest] == [None] * 5 + ["limit_exceeded"]
+
+
+async def test_a_request_id_reused_for_another_request_is_dead_lettered_and_the_first_stands(
+    payment: httpx.AsyncClient, infra: Any
+) -> None:
+    user = unique("user")
+    original = purchase_request(user_id=user)
+    conflicting = original | {
+        "package_id": "coins_350",
+        "price": {"amount_minor": 499, "currency": "USD"},
+    }
+    later = purchase_request(user_id=user)
+    dlq = topics.dlq(topics.PURCHASE_REQUESTED)
+    async with TopicReader(infra.kafka_bootstrap, (dlq, topics.PURCHASE_COMPLETED)) as reader:
+        await publish(
+            infra.kafka_bootstrap,
+            topics.PURCHASE_REQUESTED,
+            [(user, original), (user, conflicting), (user, later)],
+        )
+        await reader.wait_for(topics.PURCHASE_COMPLETED, request_id=later["request_id"])
+        await reader.wait_for(dlq, request_id=original["request_id"], package_id="coins_350")
+        dead = [r for r in reader.records if r.topic == dlq and r.key == user.encode()]
+        completed = reader.matching(topics.PURCHASE_COMPLETED, user_id=user)
+
+    assert [dict(r.headers)["dlq.reason"] for r in dead] == [b"idempotency_conflict"]
+    assert [(c["request_id"], c["coins"]) for c in completed] == [
+        (original["request_id"], 70),
+        (later["request_id"], 70),
+    ]
+
+
+async def test_a_promotion_adds_bonus_coins_inside_its_window_only(
+    payment: httpx.AsyncClient, infra: Any, database_url: str
+) -> None:
+    now = datetime.now(UTC)
+    conn = await asyncpg.connect(database_url)
+    try:
+        promotion_id = await conn.fetchval(
+            "INSERT INTO payment.promotions (package_id, bonus_coins, starts_at, ends_at)"
+            " VALUES ('coins_1400', 140, $1, $2) RETURNING promotion_id",
+            now - timedelta(hours=1),
+            now + timedelta(hours=1),
+        )
+        user = unique("user")
+        inside = purchase_request(user_id=user, package_id="coins_1400", amount=1999)
+        inside["occurred_at"] = now.isoformat()
+        before = purchase_request(user_id=user, package_id="coins_1400", amount=1999)
+        before["occurred_at"] = (now - timedelta(hours=2)).isoformat()
+        found = await outcomes(infra, user, [inside, before])
+        packages = (await payment.get("/v1/packages")).json()["packages"]
+    finally:
+        await conn.execute("DELETE FROM payment.promotions WHERE promotion_id = $1", promotion_id)
+        await conn.close()
+
+    assert (found[inside["request_id"]]["coins"], found[inside["request_id"]]["bonus_coins"]) == (
+        1400,
+        140,
+    )
+    assert found[before["request_id"]]["bonus_coins"] == 0
+    assert {p["package_id"]: p["bonus_coins"] for p in packages}["coins_1400"] == 140
+
+
+async def test_chargebacks_reverse_a_completed_purchase_once_and_record_the_rest(
+    payment: httpx.AsyncClient, infra: Any, database_url: str
+) -> None:
+    user = unique("user")
+    bought = purchase_request(user_id=user, package_id="coins_700", amount=999)
+    payment_id = (await outcomes(infra, user, [bought]))[bought["request_id"]]["payment_id"]
+
+    def chargeback(chargeback_id: str, payment: str) -> tuple[str, dict[str, Any]]:
+        return user, {
+            "chargeback_id": chargeback_id,
+            "payment_id": payment,
+            "user_id": user,
+            "occurred_at": "2026-11-22T13:00:00Z",
+        }
+
+    first, again, unknown = unique("cb"), unique("cb"), unique("cb")
+    sentinel_purchase = purchase_request(user_id=user)
+    async with TopicReader(infra.kafka_bootstrap, (topics.PURCHASE_REVERSED,)) as reader:
+        await publish(
+            infra.kafka_bootstrap,
+            topics.CHARGEBACK_RECEIVED,
+            [
+                chargeback(first, payment_id),
+                chargeback(first, payment_id),  # the same chargeback redelivered
+                chargeback(again, payment_id),  # a second chargeback for the same payment
+                chargeback(unknown, "pay_never_existed"),
+            ],
+        )
+        await reader.wait_for(topics.PURCHASE_REVERSED, payment_id=payment_id)
+
+        async def all_recorded() -> list[asyncpg.Record] | None:
+            rows = await fetch_chargebacks(database_url, [first, again, unknown])
+            return rows if len(rows) == 3 else None
+
+        rows = await eventually(all_recorded)
+        await outcomes(infra, user, [sentinel_purchase])  # later traffic for the same key
+        reversed_ = reader.matching(topics.PURCHASE_REVERSED, user_id=user)
+
+    assert [(r["payment_id"], r["coins"], r["request_id"]) for r in reversed_] == [
+        (payment_id, 700, first)
+    ]
+    assert {row["chargeback_id"]: row["outcome"] for row in rows} == {
+        first: "reversed",
+        again: "already_reversed",
+        unknown: "unknown_payment",
+    }
+    status = (await payment.get(f"/v1/purchases/{bought['request_id']}")).json()
+    assert status["status"] == "reversed"
+
+
+async def fetch_chargebacks(database_url: str, ids: list[str]) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return list(
+            await conn.fetch(
+                "SELECT chargeback_id, outcome FROM payment.chargebacks"
+                " WHERE chargeback_id = ANY($1)",
+                ids,
+            )
+        )
+    finally:
+        await conn.close()

@@ -1,41 +1,102 @@
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
-from services.payment.domain import Offer, decide
+from services.payment.domain import Activity, Decider, Offer, Promotion, RiskLimits, fingerprint
 from shared.contracts import PurchaseRequested
 from shared.money import Money
 
-OFFER = Offer("coins_70", coins=70, bonus_coins=5, price=Money(amount_minor=99, currency="USD"))
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+LIMITS = RiskLimits(
+    daily_cap_usd_minor=250_000,
+    purchases_per_hour=20,
+    usd_per_unit={"USD": Decimal(1), "EUR": Decimal("1.08")},
+)
+PROMO = Promotion(10, starts_at=NOW - timedelta(hours=1), ends_at=NOW + timedelta(hours=1))
+OFFERS = {
+    ("coins_70", "USD"): Offer("coins_70", 70, Money(amount_minor=99, currency="USD"), (PROMO,)),
+    ("coins_17500", "USD"): Offer("coins_17500", 17500, Money(amount_minor=24999, currency="USD")),
+    ("coins_17500", "EUR"): Offer("coins_17500", 17500, Money(amount_minor=24999, currency="EUR")),
+}
 
 
-def request(amount: int = 99, currency: str = "USD") -> PurchaseRequested:
+def request(
+    package: str = "coins_70",
+    amount: int = 99,
+    currency: str = "USD",
+    user: str = "u1",
+    at: datetime = NOW,
+    method: str = "pm_card_ok",
+) -> PurchaseRequested:
     return PurchaseRequested(
-        request_id="r1",
-        user_id="u1",
-        package_id="coins_70",
+        request_id=f"r-{package}-{amount}-{at.isoformat()}",
+        user_id=user,
+        package_id=package,
         price=Money(amount_minor=amount, currency=currency),
-        payment_method="pm_card_ok",
-        occurred_at=datetime.now(UTC),
+        payment_method=method,
+        occurred_at=at,
     )
 
 
-def test_a_matching_request_is_pending_its_charge_with_coins_and_bonus() -> None:
-    purchase = decide(request(), OFFER)
-    assert (purchase.status, purchase.coins, purchase.bonus_coins) == ("pending", 70, 5)
+def decider(**activity: Activity) -> Decider:
+    return Decider(LIMITS, OFFERS, dict(activity))
+
+
+def test_a_matching_request_is_pending_its_charge() -> None:
+    purchase = decider().decide(request(), now=NOW)
+    assert (purchase.status, purchase.coins, purchase.reason) == ("pending", 70, None)
 
 
 @pytest.mark.parametrize(
-    ("req", "offer", "reason"),
+    ("req", "reason"),
     [
-        (request(), None, "unknown_package"),
-        (request(amount=98), OFFER, "price_mismatch"),
-        (request(currency="EUR"), OFFER, "price_mismatch"),
-        (request(amount=-99), OFFER, "invalid_request"),
+        (request(package="coins_71"), "unknown_package"),
+        (request(amount=98), "price_mismatch"),
+        (request(currency="EUR"), "price_mismatch"),  # sold, but not at a EUR price
+        (request(amount=-99), "invalid_request"),
+        (request(amount=0), "invalid_request"),
+        (request(currency="JPY"), "invalid_request"),  # a currency we do not sell in
     ],
 )
-def test_refusals_name_their_reason(
-    req: PurchaseRequested, offer: Offer | None, reason: str
-) -> None:
-    purchase = decide(req, offer)
+def test_refusals_name_their_reason(req: PurchaseRequested, reason: str) -> None:
+    purchase = decider().decide(req, now=NOW)
     assert (purchase.status, purchase.reason, purchase.coins) == ("failed", reason, 0)
+
+
+def test_a_promotion_counts_inside_its_window_only() -> None:
+    inside = decider().decide(request(at=NOW - timedelta(minutes=59)), now=NOW)
+    before = decider().decide(request(at=NOW - timedelta(hours=2)), now=NOW)
+    assert (inside.bonus_coins, before.bonus_coins) == (10, 0)
+    # A request stamped in the future gets the promotions of the moment it is processed.
+    future = decider().decide(request(at=NOW + timedelta(hours=3)), now=NOW)
+    assert future.bonus_coins == 10
+
+
+def test_the_daily_cap_counts_earlier_spend_and_earlier_requests_of_the_batch() -> None:
+    d = decider(u1=Activity(spent_today_usd_minor=24999 * 9))
+    assert d.decide(request("coins_17500", 24999), now=NOW).status == "pending"  # $2,499.90
+    refused = d.decide(request("coins_17500", 24999, at=NOW + timedelta(seconds=1)), now=NOW)
+    assert refused.reason == "limit_exceeded"
+    assert d.decide(request(), now=NOW).reason == "limit_exceeded"  # even $0.99 is over
+    assert d.decide(request(user="u2"), now=NOW).status == "pending"  # per user
+
+
+def test_other_currencies_count_at_their_dollar_equivalent_rounded_up() -> None:
+    assert LIMITS.in_usd_minor(Money(amount_minor=24999, currency="EUR")) == 26999  # 269.9892
+    d = decider(u1=Activity(spent_today_usd_minor=250_000 - 26999))
+    assert d.decide(request("coins_17500", 24999, "EUR"), now=NOW).status == "pending"
+    d = decider(u1=Activity(spent_today_usd_minor=250_000 - 26998))
+    assert d.decide(request("coins_17500", 24999, "EUR"), now=NOW).reason == "limit_exceeded"
+
+
+def test_at_most_twenty_purchases_in_a_rolling_hour() -> None:
+    d = decider(u1=Activity(purchases_last_hour=19))
+    assert d.decide(request(), now=NOW).status == "pending"
+    assert d.decide(request(at=NOW + timedelta(seconds=1)), now=NOW).reason == "limit_exceeded"
+
+
+def test_the_fingerprint_ignores_time_but_not_content() -> None:
+    assert fingerprint(request()) == fingerprint(request(at=NOW + timedelta(minutes=5)))
+    assert fingerprint(request()) != fingerprint(request(method="pm_card_declined"))
+    assert fingerprint(request()) != fingerprint(request(user="u2"))

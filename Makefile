@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help install up down status demo lint test test-unit test-integration test-e2e
+.PHONY: help install up down status demo bench lint test test-unit test-integration test-e2e
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -27,6 +27,10 @@ status: install ## what runs, and whether it answers
 
 demo: up ## the first flow on the running stack: purchases -> coins, printed readably
 	$(PY) -m devstack.demo
+
+bench: up ## purchases end to end on the running stack: throughput and latency (not a test)
+	$(PY) -m benchmarks.recharge --count 20000
+	$(PY) -m benchmarks.recharge --count 20000 --rate 1000
 
 lint: install ## ruff (lint + format) and mypy --strict
 	$(VENV)/bin/ruff check .

@@ -12,9 +12,10 @@ from enum import StrEnum
 from services.wallet.errors import (
     InsufficientFundsError,
     InvalidPurchaseError,
+    InvalidReversalError,
     UnbalancedTransactionError,
 )
-from shared.contracts import PurchaseCompleted
+from shared.contracts import PurchaseCompleted, PurchaseReversed
 
 PLATFORM = "platform"
 
@@ -65,7 +66,8 @@ _ISSUANCE_KINDS = frozenset(
 
 class TxKind(StrEnum):
     PURCHASE = "purchase"
-    CLAWBACK = "clawback"
+    CLAWBACK = "clawback"  # the only kind that may take user coins below zero
+    GIFT = "gift"  # coins spent on a gift (the gifting saga's debit, next issue)
 
 
 @dataclass(frozen=True, order=True)
@@ -224,6 +226,12 @@ def purchase_credit(event: PurchaseCompleted) -> Draft:
     )
 
 
+def check_reversal(event: PurchaseReversed) -> None:
+    """Refuse a reversal that makes no sense; what it takes back comes from the credit."""
+    if event.coins <= 0:
+        raise InvalidReversalError(f"payment {event.payment_id}: coins={event.coins}")
+
+
 def clawback(*, payment_id: str, request_id: str, credit: Iterable[Posting]) -> Draft:
     """The mirror of a purchase credit: each coin goes back where it came from
     (purchased to coin issuance, bonus to bonus issuance), whatever the balance."""
@@ -233,6 +241,11 @@ def clawback(*, payment_id: str, request_id: str, credit: Iterable[Posting]) -> 
         request_id=request_id,
         postings=tuple(Posting(p.account, -p.amount, counter=p.counter) for p in credit),
     )
+
+
+def user_coins_of(draft: Draft) -> AccountRef:
+    """The user whose coins a purchase credit or a clawback moves."""
+    return next(p.account for p in draft.postings if p.account.kind is AccountKind.USER_COINS)
 
 
 def user_total(entries: Iterable[Entry], account: AccountRef) -> tuple[int, int]:

@@ -7,7 +7,7 @@ from services.wallet.service import WalletService
 from shared import topics
 from shared.broker import batch_subscription
 from shared.consumer import DeadLetters, process
-from shared.contracts import PurchaseCompleted
+from shared.contracts import PurchaseCompleted, PurchaseReversed
 from shared.settings import ServiceSettings
 
 
@@ -21,5 +21,12 @@ def build_router(
         """The payment service charged a purchase; credit its coins (wallet.coins-credited)."""
         deliveries = await dead_letters.sort(message.raw_message, PurchaseCompleted)
         await process(deliveries, service.credit_purchases, dead_letters)
+
+    @router.subscriber(topics.PURCHASE_REVERSED, **batch_subscription(settings))
+    async def on_purchase_reversed(message: KafkaMessage) -> None:
+        """The payment service reversed a purchase after a chargeback; claw its coins
+        back, even below zero, which freezes spending (wallet.coins-clawed-back)."""
+        deliveries = await dead_letters.sort(message.raw_message, PurchaseReversed)
+        await process(deliveries, service.claw_back, dead_letters)
 
     return router

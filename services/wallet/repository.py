@@ -6,7 +6,7 @@ from datetime import datetime
 
 import asyncpg
 
-from services.wallet.domain import AccountKind, AccountRef, AccountState, Draft, Entry
+from services.wallet.domain import AccountKind, AccountRef, AccountState, Draft, Entry, Posting
 from shared.db import Connection
 
 
@@ -32,6 +32,16 @@ class HistoryItem:
     balance_after: int
     request_id: str
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class PendingClawback:
+    """A reversal that arrived before the credit it reverses."""
+
+    payment_id: str
+    user_id: str
+    request_id: str
+    coins: int
 
 
 class WalletRepository:
@@ -139,6 +149,67 @@ class WalletRepository:
             [state.balance for state in states.values()],
             [state.frozen for state in states.values()],
         )
+
+    async def get_postings(
+        self, conn: Connection, *, keys: Sequence[str]
+    ) -> dict[str, list[Posting]]:
+        """The postings of applied transactions, by idempotency key, in entry order."""
+        rows = await conn.fetch(
+            """
+            SELECT t.idempotency_key, a.owner_id, a.kind, e.amount,
+                   c.owner_id AS counter_owner, c.kind AS counter_kind
+            FROM ledger_transactions t
+            JOIN ledger_entries e ON e.tx_id = t.tx_id
+            JOIN accounts a ON a.account_id = e.account_id
+            LEFT JOIN accounts c ON c.account_id = e.counter_account_id
+            WHERE t.idempotency_key = ANY($1::text[])
+            ORDER BY e.entry_id
+            """,
+            list(keys),
+        )
+        postings: dict[str, list[Posting]] = {}
+        for row in rows:
+            counter = (
+                AccountRef(row["counter_owner"], AccountKind(row["counter_kind"]))
+                if row["counter_kind"]
+                else None
+            )
+            account = AccountRef(row["owner_id"], AccountKind(row["kind"]))
+            postings.setdefault(row["idempotency_key"], []).append(
+                Posting(account, row["amount"], counter)
+            )
+        return postings
+
+    async def add_pending_clawbacks(
+        self, conn: Connection, *, clawbacks: Sequence[PendingClawback]
+    ) -> None:
+        """Record reversals whose credit has not arrived (a second one for a payment is a no-op)."""
+        if not clawbacks:
+            return
+        await conn.execute(
+            """
+            INSERT INTO pending_clawbacks (payment_id, user_id, request_id, coins)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
+            ON CONFLICT (payment_id) DO NOTHING
+            """,
+            [c.payment_id for c in clawbacks],
+            [c.user_id for c in clawbacks],
+            [c.request_id for c in clawbacks],
+            [c.coins for c in clawbacks],
+        )
+
+    async def take_pending_clawbacks(
+        self, conn: Connection, *, payment_ids: Sequence[str]
+    ) -> list[PendingClawback]:
+        """Remove and return the reversals waiting for these payments' credits."""
+        rows = await conn.fetch(
+            """
+            DELETE FROM pending_clawbacks WHERE payment_id = ANY($1::text[])
+            RETURNING payment_id, user_id, request_id, coins
+            """,
+            list(payment_ids),
+        )
+        return [PendingClawback(**dict(row)) for row in rows]
 
     async def get_accounts(
         self, conn: Connection | asyncpg.Pool, *, owner_id: str

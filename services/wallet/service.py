@@ -1,15 +1,37 @@
 """Wallet use cases: apply ledger transactions exactly once and report them."""
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from services.wallet import domain
-from services.wallet.domain import AccountKind, AccountRef, AccountState, Draft, Entry, Ledger
-from services.wallet.repository import HistoryItem, LockedAccount, WalletRepository
+from services.wallet.domain import (
+    AccountKind,
+    AccountRef,
+    AccountState,
+    Draft,
+    Entry,
+    Ledger,
+    TxKind,
+)
+from services.wallet.repository import (
+    HistoryItem,
+    LockedAccount,
+    PendingClawback,
+    WalletRepository,
+)
 from shared import inbox, outbox, topics
-from shared.contracts import CoinsCredited, PurchaseCompleted
+from shared.contracts import (
+    CoinsClawedBack,
+    CoinsCredited,
+    Event,
+    PurchaseCompleted,
+    PurchaseReversed,
+)
 from shared.db import Connection, Database
 from shared.faults import crash_point
+
+log = logging.getLogger(__name__)
 
 Applied = list[tuple[Draft, list[Entry]]]
 
@@ -33,7 +55,8 @@ class WalletService:
 
         Two guards, both in the batch's one transaction: the inbox skips an event seen
         before (a redelivery), the ledger's idempotency key skips a payment already
-        credited under another event id.
+        credited under another event id. A reversal that came first is applied right
+        after its credit, in the same transaction (`wallet.coins-clawed-back`).
         """
         crash_point("wallet.credit.received")
         # Built before anything is written: one nonsensical event fails the batch at
@@ -43,14 +66,93 @@ class WalletService:
             fresh = await inbox.claim_many(
                 conn, topic=topics.PURCHASE_COMPLETED, message_ids=list(drafts)
             )
-            event_of = {drafts[e.event_id].idempotency_key: e for e in events}
             todo = await self._not_applied(conn, [drafts[i] for i in drafts if i in fresh])
-            applied = await self._post(conn, todo)
-            await outbox.enqueue(
-                conn, [_credited(event_of[d.idempotency_key], entries) for d, entries in applied]
-            )
+            events_of = {drafts[e.event_id].idempotency_key: e for e in events}
+            await outbox.enqueue(conn, await self._credit(conn, todo, events_of))
             crash_point("wallet.credit.before_commit")
         crash_point("wallet.credit.after_commit")
+
+    async def _credit(
+        self, conn: Connection, credits: list[Draft], events_of: dict[str, PurchaseCompleted]
+    ) -> list[Event]:
+        """Post credits, then the clawbacks that waited for them; return their events."""
+        if not credits:
+            return []
+        # The users' accounts are locked before pending reversals are read, and a
+        # reversal locks them before it looks for its credit: whichever of the two
+        # transactions commits second sees the other's rows, so none is missed.
+        locked = await self._repository.lock_accounts(
+            conn, accounts={ref for draft in credits for ref in draft.accounts}
+        )
+        credit_of = {_payment_id(draft): draft for draft in credits}
+        pending = await self._repository.take_pending_clawbacks(conn, payment_ids=list(credit_of))
+        clawbacks = [
+            domain.clawback(
+                payment_id=p.payment_id,
+                request_id=p.request_id,
+                credit=credit_of[p.payment_id].postings,
+            )
+            for p in pending
+        ]
+        applied = await self._post(conn, credits + clawbacks, locked)
+        waited = {domain.clawback_key(p.payment_id): p for p in pending}
+        return [
+            _credited(events_of[d.idempotency_key], entries)
+            if d.kind is TxKind.PURCHASE
+            else _clawed_back(waited[d.idempotency_key], d, entries)
+            for d, entries in applied
+        ]
+
+    async def claw_back(self, events: Sequence[PurchaseReversed]) -> None:
+        """Take a reversed purchase's coins back, once per payment, even below zero.
+
+        A reversal whose credit has not arrived yet is recorded as pending and applied
+        when the credit lands. Publishes `wallet.coins-clawed-back` when applied.
+        """
+        for event in events:
+            domain.check_reversal(event)
+        async with self._db.transaction() as conn:
+            fresh = await inbox.claim_many(
+                conn, topic=topics.PURCHASE_REVERSED, message_ids=[e.event_id for e in events]
+            )
+            reversals = _first_per_payment(e for e in events if e.event_id in fresh)
+            if reversals:
+                applied = await self._reverse(conn, reversals)
+                await outbox.enqueue(
+                    conn,
+                    [_clawed_back(reversals[_payment_id(d)], d, entries) for d, entries in applied],
+                )
+            crash_point("wallet.clawback.before_commit")
+
+    async def _reverse(self, conn: Connection, reversals: dict[str, PurchaseReversed]) -> Applied:
+        # Lock first (see _credit): the users' coins and the issuance accounts a
+        # clawback returns coins to, in one go so the id order holds.
+        locked = await self._repository.lock_accounts(
+            conn,
+            accounts={domain.coins(r.user_id) for r in reversals.values()}
+            | {domain.COIN_ISSUANCE, domain.BONUS_ISSUANCE},
+        )
+        credits = await self._repository.get_postings(
+            conn, keys=[domain.purchase_key(p) for p in reversals]
+        )
+        await self._repository.add_pending_clawbacks(
+            conn,
+            clawbacks=[
+                PendingClawback(r.payment_id, r.user_id, r.request_id, r.coins)
+                for r in reversals.values()
+                if domain.purchase_key(r.payment_id) not in credits
+            ],
+        )
+        drafts = [
+            domain.clawback(
+                payment_id=r.payment_id,
+                request_id=r.request_id,
+                credit=credits[domain.purchase_key(r.payment_id)],
+            )
+            for r in reversals.values()
+            if domain.purchase_key(r.payment_id) in credits
+        ]
+        return await self._post(conn, await self._not_applied(conn, drafts), locked)
 
     async def _not_applied(self, conn: Connection, drafts: Sequence[Draft]) -> list[Draft]:
         """The drafts, once per idempotency key, that the ledger has not applied yet."""
@@ -115,6 +217,42 @@ class WalletService:
 
 def _states(ledger: Ledger, locked: Iterable[AccountRef]) -> dict[AccountRef, AccountState]:
     return {ref: ledger.state(ref) for ref in locked}
+
+
+def _payment_id(draft: Draft) -> str:
+    """Purchase credits and clawbacks are keyed `<kind>:<payment_id>`."""
+    return draft.idempotency_key.split(":", 1)[1]
+
+
+def _first_per_payment(events: Iterable[PurchaseReversed]) -> dict[str, PurchaseReversed]:
+    first: dict[str, PurchaseReversed] = {}
+    for event in events:
+        first.setdefault(event.payment_id, event)
+    return first
+
+
+def _clawed_back(
+    reversal: PurchaseReversed | PendingClawback, draft: Draft, entries: list[Entry]
+) -> CoinsClawedBack:
+    # The ledger is the truth: the user and amount are the credit's, mirrored.
+    user = domain.user_coins_of(draft)
+    amount, balance_after = domain.user_total(entries, user)
+    if reversal.user_id != user.owner_id or reversal.coins != -amount:
+        log.warning(
+            "reversal of %s says user %s, %d coins; the credit was %s, %d coins",
+            reversal.payment_id,
+            reversal.user_id,
+            reversal.coins,
+            user.owner_id,
+            -amount,
+        )
+    return CoinsClawedBack(
+        request_id=reversal.request_id,
+        user_id=user.owner_id,
+        amount=-amount,
+        balance_after=balance_after,
+        payment_id=reversal.payment_id,
+    )
 
 
 def _credited(event: PurchaseCompleted, entries: list[Entry]) -> CoinsCredited:

@@ -10,8 +10,7 @@ import pytest
 from services.wallet.main import create_app
 from services.wallet.settings import WalletSettings
 from shared import topics
-from shared.contracts import PurchaseCompleted
-from shared.money import Money
+from tests.integration.wallet_support import as_message, coins_of, completed
 from tests.support import TopicReader, in_process, publish, unique
 
 pytestmark = pytest.mark.integration
@@ -21,28 +20,6 @@ pytestmark = pytest.mark.integration
 async def wallet(service_settings: Callable[..., Any]) -> AsyncIterator[httpx.AsyncClient]:
     async with in_process(create_app(service_settings(WalletSettings))) as client:
         yield client
-
-
-def completed(user_id: str, coins: int = 70, bonus: int = 0) -> PurchaseCompleted:
-    return PurchaseCompleted(
-        request_id=unique("req"),
-        payment_id=unique("pay"),
-        user_id=user_id,
-        package_id="coins_70",
-        coins=coins,
-        bonus_coins=bonus,
-        price=Money(amount_minor=99, currency="USD"),
-    )
-
-
-def as_message(event: PurchaseCompleted) -> tuple[str, bytes]:
-    return event.user_id, event.model_dump_json().encode()
-
-
-async def coins_of(wallet: httpx.AsyncClient, user_id: str) -> int:
-    response = await wallet.get(f"/v1/users/{user_id}/balance")
-    assert response.status_code == 200
-    return int(response.json()["coins"])
 
 
 async def test_a_purchase_delivered_twice_is_credited_once(

@@ -22,7 +22,11 @@ def routes(service: WalletService) -> Sequence[BaseRoute]:
                 "diamonds": found.diamonds,
                 "diamonds_on_hold": found.diamonds_on_hold,
                 "frozen": found.frozen,
-                "spending_limits": {"day": None, "week": None, "month": None},
+                "spending_limits": {
+                    "day": found.spending_limits.day,
+                    "week": found.spending_limits.week,
+                    "month": found.spending_limits.month,
+                },
             }
         )
 

@@ -1,4 +1,4 @@
-"""The ledger's rules: balanced transactions of postings between accounts.
+"""The wallet's rules: balanced ledger transactions between accounts, spending limits.
 
 Pure: the service loads and locks the balances a batch touches, the `Ledger` applies
 transactions to them in memory, and the repository writes the resulting entries. The
@@ -7,6 +7,7 @@ database enforces the same rules again on the entries (migration 0002).
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from services.wallet.errors import (
@@ -15,7 +16,7 @@ from services.wallet.errors import (
     InvalidReversalError,
     UnbalancedTransactionError,
 )
-from shared.contracts import PurchaseCompleted, PurchaseReversed
+from shared.contracts import Period, PurchaseCompleted, PurchaseReversed
 
 PLATFORM = "platform"
 
@@ -252,3 +253,60 @@ def user_total(entries: Iterable[Entry], account: AccountRef) -> tuple[int, int]
     """(sum of the amounts, balance after the last entry) of one account in a transaction."""
     mine = [entry for entry in entries if entry.account == account]
     return sum(entry.amount for entry in mine), mine[-1].balance_after
+
+
+# --- spending limits -------------------------------------------------------------------
+
+PERIODS: tuple[Period, ...] = ("day", "week", "month")
+
+
+@dataclass(frozen=True)
+class SpendingLimits:
+    """A user's own coin limits per period; None: no limit."""
+
+    day: int | None = None
+    week: int | None = None
+    month: int | None = None
+
+    def of(self, period: Period) -> int | None:
+        limit: int | None = getattr(self, period)
+        return limit
+
+
+@dataclass(frozen=True)
+class Spent:
+    """Coins a user spent in the current UTC day, ISO week and calendar month."""
+
+    day: int = 0
+    week: int = 0
+    month: int = 0
+
+    def of(self, period: Period) -> int:
+        spent: int = getattr(self, period)
+        return spent
+
+
+def period_start(period: Period, now: datetime) -> datetime:
+    """When the UTC calendar period holding `now` began: the day at 00:00, the ISO week
+    on its Monday, the month on its 1st. What was spent since then counts."""
+    if now.tzinfo is None:
+        raise ValueError("a naive datetime has no defined UTC period")
+    day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        return day
+    if period == "week":
+        return day - timedelta(days=day.weekday())
+    return day.replace(day=1)
+
+
+def exceeded_limit(limits: SpendingLimits, spent: Spent, coins: int) -> Period | None:
+    """The first period whose limit a debit of `coins` would exceed; None: allowed.
+
+    A limit is the most a user may spend in the period, so reaching it exactly is
+    allowed and one coin more is not.
+    """
+    for period in PERIODS:
+        limit = limits.of(period)
+        if limit is not None and spent.of(period) + coins > limit:
+            return period
+    return None

@@ -7,7 +7,7 @@ from services.wallet.service import WalletService
 from shared import topics
 from shared.broker import batch_subscription
 from shared.consumer import DeadLetters, process
-from shared.contracts import PurchaseCompleted, PurchaseReversed
+from shared.contracts import PurchaseCompleted, PurchaseReversed, SpendingLimitRequested
 from shared.settings import ServiceSettings
 
 
@@ -28,5 +28,12 @@ def build_router(
         back, even below zero, which freezes spending (wallet.coins-clawed-back)."""
         deliveries = await dead_letters.sort(message.raw_message, PurchaseReversed)
         await process(deliveries, service.claw_back, dead_letters)
+
+    @router.subscriber(topics.SPENDING_LIMIT_REQUESTED, **batch_subscription(settings))
+    async def on_spending_limit_requested(message: KafkaMessage) -> None:
+        """A user sets (or removes) their own coin limit per day, week or month, through
+        an upstream app; answers wallet.spending-limit-updated. Gifting enforces it."""
+        deliveries = await dead_letters.sort(message.raw_message, SpendingLimitRequested)
+        await process(deliveries, service.set_spending_limits, dead_letters)
 
     return router

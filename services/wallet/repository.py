@@ -6,7 +6,16 @@ from datetime import datetime
 
 import asyncpg
 
-from services.wallet.domain import AccountKind, AccountRef, AccountState, Draft, Entry, Posting
+from services.wallet.domain import (
+    AccountKind,
+    AccountRef,
+    AccountState,
+    Draft,
+    Entry,
+    Posting,
+    SpendingLimits,
+)
+from shared.contracts import Period
 from shared.db import Connection
 
 
@@ -210,6 +219,43 @@ class WalletRepository:
             list(payment_ids),
         )
         return [PendingClawback(**dict(row)) for row in rows]
+
+    async def set_spending_limits(
+        self, conn: Connection, *, limits: Mapping[tuple[str, Period], tuple[int | None, str]]
+    ) -> None:
+        """Set or (with None) remove limits: (user, period) -> (max coins, request id)."""
+        kept = {key: value for key, value in limits.items() if value[0] is not None}
+        await conn.execute(
+            """
+            INSERT INTO spending_limits (user_id, period, max_coins, request_id)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[])
+            ON CONFLICT (user_id, period) DO UPDATE
+                SET max_coins = excluded.max_coins, request_id = excluded.request_id,
+                    updated_at = now()
+            """,
+            [user for user, _ in kept],
+            [period for _, period in kept],
+            [limit for limit, _ in kept.values()],
+            [request_id for _, request_id in kept.values()],
+        )
+        removed = [key for key in limits if key not in kept]
+        await conn.execute(
+            """
+            DELETE FROM spending_limits s
+            USING unnest($1::text[], $2::text[]) AS r(user_id, period)
+            WHERE s.user_id = r.user_id AND s.period = r.period
+            """,
+            [user for user, _ in removed],
+            [period for _, period in removed],
+        )
+
+    async def get_spending_limits(
+        self, conn: Connection | asyncpg.Pool, *, user_id: str
+    ) -> SpendingLimits:
+        rows = await conn.fetch(
+            "SELECT period, max_coins FROM spending_limits WHERE user_id = $1", user_id
+        )
+        return SpendingLimits(**{row["period"]: row["max_coins"] for row in rows})
 
     async def get_accounts(
         self, conn: Connection | asyncpg.Pool, *, owner_id: str

@@ -1,8 +1,9 @@
 """Wallet use cases: apply ledger transactions exactly once and report them."""
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from services.wallet import domain
 from services.wallet.domain import (
@@ -12,6 +13,7 @@ from services.wallet.domain import (
     Draft,
     Entry,
     Ledger,
+    SpendingLimits,
     TxKind,
 )
 from services.wallet.repository import (
@@ -27,11 +29,15 @@ from shared.contracts import (
     Event,
     PurchaseCompleted,
     PurchaseReversed,
+    SpendingLimitRequested,
+    SpendingLimitUpdated,
 )
 from shared.db import Connection, Database
 from shared.faults import crash_point
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M")
 
 Applied = list[tuple[Draft, list[Entry]]]
 
@@ -43,6 +49,7 @@ class Balance:
     diamonds: int
     diamonds_on_hold: int
     frozen: bool
+    spending_limits: SpendingLimits
 
 
 class WalletService:
@@ -115,7 +122,7 @@ class WalletService:
             fresh = await inbox.claim_many(
                 conn, topic=topics.PURCHASE_REVERSED, message_ids=[e.event_id for e in events]
             )
-            reversals = _first_per_payment(e for e in events if e.event_id in fresh)
+            reversals = _first_of_each((e for e in events if e.event_id in fresh), _payment_of)
             if reversals:
                 applied = await self._reverse(conn, reversals)
                 await outbox.enqueue(
@@ -153,6 +160,25 @@ class WalletService:
             if domain.purchase_key(r.payment_id) in credits
         ]
         return await self._post(conn, await self._not_applied(conn, drafts), locked)
+
+    async def set_spending_limits(self, requests: Sequence[SpendingLimitRequested]) -> None:
+        """Store users' own spending limits; one `wallet.spending-limit-updated` per request.
+
+        The inbox is keyed by request_id, so a request sent again has no second effect
+        and no second answer. Within a batch one user's requests apply in order.
+        """
+        async with self._db.transaction() as conn:
+            fresh = await inbox.claim_many(
+                conn,
+                topic=topics.SPENDING_LIMIT_REQUESTED,
+                message_ids=[r.request_id for r in requests],
+            )
+            todo = _first_of_each((r for r in requests if r.request_id in fresh), _request_id)
+            await self._repository.set_spending_limits(
+                conn,
+                limits={(r.user_id, r.period): (r.max_coins, r.request_id) for r in todo.values()},
+            )
+            await outbox.enqueue(conn, [_limit_updated(r) for r in todo.values()])
 
     async def _not_applied(self, conn: Connection, drafts: Sequence[Draft]) -> list[Draft]:
         """The drafts, once per idempotency key, that the ledger has not applied yet."""
@@ -205,6 +231,9 @@ class WalletService:
             diamonds=accounts.get(AccountKind.USER_DIAMONDS, AccountState(0)).balance,
             diamonds_on_hold=accounts.get(AccountKind.USER_DIAMOND_HOLD, AccountState(0)).balance,
             frozen=coins.frozen,
+            spending_limits=await self._repository.get_spending_limits(
+                self._db.pool, user_id=user_id
+            ),
         )
 
     async def history(
@@ -224,11 +253,20 @@ def _payment_id(draft: Draft) -> str:
     return draft.idempotency_key.split(":", 1)[1]
 
 
-def _first_per_payment(events: Iterable[PurchaseReversed]) -> dict[str, PurchaseReversed]:
-    first: dict[str, PurchaseReversed] = {}
-    for event in events:
-        first.setdefault(event.payment_id, event)
+def _first_of_each(messages: Iterable[M], key: Callable[[M], str]) -> dict[str, M]:
+    """The first message of each key, in order (a second one is a duplicate)."""
+    first: dict[str, M] = {}
+    for message in messages:
+        first.setdefault(key(message), message)
     return first
+
+
+def _payment_of(event: PurchaseReversed) -> str:
+    return event.payment_id
+
+
+def _request_id(request: SpendingLimitRequested) -> str:
+    return request.request_id
 
 
 def _clawed_back(
@@ -265,4 +303,13 @@ def _credited(event: PurchaseCompleted, entries: list[Entry]) -> CoinsCredited:
         payment_id=event.payment_id,
         coins=event.coins,
         bonus_coins=event.bonus_coins,
+    )
+
+
+def _limit_updated(request: SpendingLimitRequested) -> SpendingLimitUpdated:
+    return SpendingLimitUpdated(
+        request_id=request.request_id,
+        user_id=request.user_id,
+        period=request.period,
+        max_coins=request.max_coins,
     )

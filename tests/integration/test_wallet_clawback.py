@@ -26,8 +26,9 @@ pytestmark = pytest.mark.integration
 EVENTS = (topics.COINS_CREDITED, topics.COINS_CLAWED_BACK)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 async def wallet(service_settings: Callable[..., Any]) -> AsyncIterator[httpx.AsyncClient]:
+    # One wallet for the module: each start costs seconds of consumer-group rebalancing.
     async with in_process(create_app(service_settings(WalletSettings))) as client:
         yield client
 

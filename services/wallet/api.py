@@ -1,11 +1,14 @@
 """Read-only HTTP routes of the wallet."""
 
 from collections.abc import Sequence
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from services.wallet.domain import AccountKind, coin_source
+from services.wallet.repository import HistoryItem
 from services.wallet.service import WalletService
 from shared.http import bad_request
 
@@ -39,25 +42,13 @@ def routes(service: WalletService) -> Sequence[BaseRoute]:
             return bad_request("limit and cursor must be integers")
         if not 1 <= limit <= MAX_PAGE:
             return bad_request(f"limit must be between 1 and {MAX_PAGE}")
-        items = await service.history(
+        items, next_cursor = await service.history(
             user_id=request.path_params["user_id"], before_entry_id=before, limit=limit
         )
         return JSONResponse(
             {
-                "items": [
-                    {
-                        "entry_id": item.entry_id,
-                        "transaction_id": item.tx_id,
-                        "kind": item.kind,
-                        "account": item.account_kind,
-                        "amount": item.amount,
-                        "balance_after": item.balance_after,
-                        "request_id": item.request_id,
-                        "created_at": item.created_at.isoformat(),
-                    }
-                    for item in items
-                ],
-                "next_cursor": str(items[-1].entry_id) if len(items) == limit else None,
+                "items": [_history_item(item) for item in items],
+                "next_cursor": str(next_cursor) if next_cursor is not None else None,
             }
         )
 
@@ -65,3 +56,19 @@ def routes(service: WalletService) -> Sequence[BaseRoute]:
         Route("/v1/users/{user_id}/balance", balance),
         Route("/v1/users/{user_id}/transactions", transactions),
     ]
+
+
+def _history_item(item: HistoryItem) -> dict[str, Any]:
+    counter = AccountKind(item.counter_kind) if item.counter_kind else None
+    return {
+        "entry_id": item.entry_id,
+        "transaction_id": item.tx_id,
+        "kind": item.kind,  # purchase, clawback, ...
+        "account": item.account_kind,  # user_coins, user_diamonds, user_diamond_hold
+        "counter_account": item.counter_kind,  # the other side of the movement
+        "coin_source": coin_source(counter),  # purchased / bonus coins, else null
+        "amount": item.amount,
+        "balance_after": item.balance_after,
+        "request_id": item.request_id,
+        "created_at": item.created_at.isoformat(),
+    }

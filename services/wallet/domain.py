@@ -244,6 +244,15 @@ def clawback(*, payment_id: str, request_id: str, credit: Iterable[Posting]) -> 
     )
 
 
+_COIN_SOURCES = {AccountKind.COIN_ISSUANCE: "purchased", AccountKind.BONUS_ISSUANCE: "bonus"}
+
+
+def coin_source(counter: AccountKind | None) -> str | None:
+    """How a user's coins entered or left: against coin issuance they are purchased
+    coins, against bonus issuance bonus coins; None for anything else."""
+    return _COIN_SOURCES.get(counter) if counter else None
+
+
 def user_coins_of(draft: Draft) -> AccountRef:
     """The user whose coins a purchase credit or a clawback moves."""
     return next(p.account for p in draft.postings if p.account.kind is AccountKind.USER_COINS)

@@ -238,10 +238,14 @@ class WalletService:
 
     async def history(
         self, *, user_id: str, before_entry_id: int | None, limit: int
-    ) -> list[HistoryItem]:
-        return await self._repository.list_history(
-            self._db.pool, owner_id=user_id, before_entry_id=before_entry_id, limit=limit
+    ) -> tuple[list[HistoryItem], int | None]:
+        """A page of the user's entries, newest first, and the cursor of the next page
+        (None on the last page)."""
+        items = await self._repository.list_history(
+            self._db.pool, owner_id=user_id, before_entry_id=before_entry_id, limit=limit + 1
         )
+        more = len(items) > limit
+        return items[:limit], items[limit - 1].entry_id if more else None
 
 
 def _states(ledger: Ledger, locked: Iterable[AccountRef]) -> dict[AccountRef, AccountState]:

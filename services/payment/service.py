@@ -1,11 +1,19 @@
 """Recharge use cases: record a request, charge it, publish its one outcome; chargebacks."""
 
 import asyncio
+import contextlib
+import functools
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    RetryError,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from services.payment.domain import Activity, Decider, Offer, Purchase, RiskLimits, fingerprint
 from services.payment.errors import IdempotencyConflictError, ProviderUnavailableError
@@ -127,23 +135,31 @@ class PaymentService:
         )
 
     async def _charge(self, purchase: Purchase) -> Charge | None:
-        """Charge with retries on transient provider errors; None once the budget is spent."""
+        """Charge with retries on transient provider errors; None once the budget is spent.
+
+        The request_id is the idempotency key: a retry, a redelivery or a restart asks
+        for the same charge, never a second one.
+        """
+        charge = functools.partial(
+            self._provider.charge,
+            idempotency_key=purchase.request_id,
+            method=purchase.payment_method,
+            amount=purchase.price,
+        )
+        with contextlib.suppress(ProviderUnavailableError):
+            return await charge()  # the common case, without the retry machinery
+        if self._settings.provider_max_attempts < 2:
+            return None
         try:
             async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(self._settings.provider_max_attempts),
+                stop=stop_after_attempt(self._settings.provider_max_attempts - 1),
                 wait=wait_exponential(multiplier=self._settings.provider_retry_base_s),
                 retry=retry_if_exception_type(ProviderUnavailableError),
                 reraise=True,
             ):
                 with attempt:
-                    # The request_id as idempotency key: a retry, a redelivery or a
-                    # restart asks for the same charge, never a second one.
-                    return await self._provider.charge(
-                        idempotency_key=purchase.request_id,
-                        method=purchase.payment_method,
-                        amount=purchase.price,
-                    )
-        except ProviderUnavailableError:
+                    return await charge()
+        except (ProviderUnavailableError, RetryError):
             return None
         raise AssertionError("unreachable: AsyncRetrying reraises after its last attempt")
 

@@ -2,6 +2,8 @@
 
 import asyncio
 import json
+import os
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -137,6 +139,22 @@ async def in_process(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://svc") as client,
     ):
         yield client
+
+
+async def run_audit(database_url: str) -> tuple[int, str]:
+    """Run the ledger audit as an operator does (`python -m services.wallet.audit`);
+    returns its exit code and its report, printed wide enough to read one check a line."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.wallet.audit",
+        env={**os.environ, "DATABASE_URL": database_url, "COLUMNS": "240"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, output.decode()
 
 
 def purchase_request(

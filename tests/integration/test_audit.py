@@ -2,8 +2,6 @@
 corrupted on purpose, run as an operator runs it: a process reading DATABASE_URL."""
 
 import asyncio
-import os
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -18,23 +16,17 @@ from services.wallet.settings import WalletSettings
 from shared import migrations, topics
 from shared.db import Database
 from tests.integration.wallet_support import as_message, completed, reversal, spend
-from tests.support import TopicReader, create_database, drop_database, in_process, publish, unique
+from tests.support import (
+    TopicReader,
+    create_database,
+    drop_database,
+    in_process,
+    publish,
+    run_audit,
+    unique,
+)
 
 pytestmark = pytest.mark.integration
-
-
-async def run_audit(database_url: str) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.wallet.audit",
-        env={**os.environ, "DATABASE_URL": database_url, "COLUMNS": "240"},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    output, _ = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, output.decode()
 
 
 def verdict(output: str, check: str) -> str:

@@ -6,7 +6,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -14,8 +14,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from starlette.applications import Starlette
+
+from shared.topics import all_topics
 
 T = TypeVar("T")
 
@@ -75,6 +77,39 @@ async def publish(
         await producer.stop()
 
 
+async def skip_history(bootstrap: str, group_ids: list[str]) -> None:
+    """Commit the current end of every topic for these new consumer groups.
+
+    A new group starts at the earliest offset, so without this every test session's
+    services would first replay everything all earlier sessions published (thousands
+    of purchases, growing with each run) before reaching the test's own messages.
+    """
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)  # asks for partitions
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await producer.start()
+    await reader.start()
+    try:
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in all_topics()
+            for p in sorted(await producer.partitions_for(topic))
+        ]
+        ends = await reader.end_offsets(partitions)
+    finally:
+        await reader.stop()
+        await producer.stop()
+    for group_id in group_ids:
+        committer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False
+        )
+        await committer.start()
+        try:
+            committer.assign(partitions)  # not a member: commits as a standalone consumer
+            await committer.commit({tp: offset for tp, offset in ends.items()})
+        finally:
+            await committer.stop()
+
+
 @dataclass
 class TopicReader:
     """Reads topics from the beginning (no group, no commits) and keeps what it saw."""
@@ -82,6 +117,9 @@ class TopicReader:
     bootstrap: str
     topics: tuple[str, ...]
     records: list[ConsumerRecord[bytes, bytes]] = field(default_factory=list)
+    # (topic, JSON object or None), parsed once per record: the topics' history is long
+    # and tests poll often.
+    _bodies: list[tuple[str, dict[str, Any] | None]] = field(default_factory=list)
     _consumer: AIOKafkaConsumer | None = None
     _task: asyncio.Task[None] | None = None
 
@@ -102,6 +140,7 @@ class TopicReader:
             batch = await self._consumer.getmany(timeout_ms=100)
             for records in batch.values():
                 self.records.extend(records)
+                self._bodies.extend((record.topic, _json_object(record)) for record in records)
 
     async def __aexit__(self, *_: object) -> None:
         assert self._task is not None and self._consumer is not None
@@ -111,17 +150,28 @@ class TopicReader:
 
     def matching(self, topic: str, **fields: Any) -> list[dict[str, Any]]:
         """JSON bodies on `topic` whose fields equal the given values."""
-        found = []
-        for record in self.records:
-            if record.topic != topic:
-                continue
-            try:
-                body = json.loads(record.value or b"")
-            except ValueError:
-                continue
-            if isinstance(body, dict) and all(body.get(k) == v for k, v in fields.items()):
-                found.append(body)
-        return found
+        return [
+            body
+            for seen, body in self._bodies
+            if seen == topic
+            and body is not None
+            and all(body.get(k) == v for k, v in fields.items())
+        ]
+
+    async def wait_for_all(
+        self, topic: str, field: str, values: Iterable[Any], *, timeout_s: float = 60.0
+    ) -> dict[Any, dict[str, Any]]:
+        """Wait until `topic` has a body for each of `values` in `field`; the first of each."""
+        wanted = set(values)
+
+        async def complete() -> dict[Any, dict[str, Any]] | None:
+            found: dict[Any, dict[str, Any]] = {}
+            for body in self.matching(topic):
+                if body.get(field) in wanted:
+                    found.setdefault(body[field], body)
+            return found if len(found) == len(wanted) else None
+
+        return await eventually(complete, timeout_s=timeout_s)
 
     async def wait_for(self, topic: str, count: int = 1, **fields: Any) -> list[dict[str, Any]]:
         async def enough() -> list[dict[str, Any]] | None:
@@ -129,6 +179,14 @@ class TopicReader:
             return found if len(found) >= count else None
 
         return await eventually(enough)
+
+
+def _json_object(record: ConsumerRecord[bytes, bytes]) -> dict[str, Any] | None:
+    try:
+        body = json.loads(record.value or b"")
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
 
 
 @asynccontextmanager

@@ -8,7 +8,7 @@ import pytest
 
 from shared import migrations
 from shared.settings import ServiceSettings
-from tests.support import create_database, drop_database
+from tests.support import create_database, drop_database, skip_history
 
 S = TypeVar("S", bound=ServiceSettings)
 
@@ -24,19 +24,29 @@ async def database_url(infra: Any) -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
-def service_settings(infra: Any, database_url: str) -> Callable[..., Any]:
-    """Build a service's settings pointing at the test infrastructure.
+async def group_prefix(infra: Any) -> str:
+    """The consumer-group prefix of this session, its groups starting at today's end.
 
-    Consumer groups are new for each session, so earlier runs' offsets never hide
-    messages, and a running `make up` stack never shares work with the tests.
+    Groups are new for each session, so earlier runs' offsets never hide messages, and
+    a running `make up` stack never shares work with the tests; they skip the history
+    earlier sessions left in the topics instead of replaying all of it.
     """
     prefix = f"it-{uuid.uuid4().hex[:8]}"
+    await skip_history(
+        infra.kafka_bootstrap, [f"{prefix}-{service}" for service in migrations.SERVICES]
+    )
+    return prefix
+
+
+@pytest.fixture(scope="session")
+def service_settings(infra: Any, database_url: str, group_prefix: str) -> Callable[..., Any]:
+    """Build a service's settings pointing at the test infrastructure."""
 
     def build(cls: type[S], **overrides: Any) -> S:
         values: dict[str, Any] = {
             "kafka_bootstrap_servers": infra.kafka_bootstrap,
             "database_url": database_url,
-            "consumer_group_prefix": prefix,
+            "consumer_group_prefix": group_prefix,
             "relay_poll_interval_s": 0.2,
             **overrides,
         }

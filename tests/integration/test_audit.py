@@ -54,14 +54,16 @@ async def test_the_audit_passes_on_a_busy_ledger_of_credits_spending_and_clawbac
         await publish(
             infra.kafka_bootstrap, topics.PURCHASE_COMPLETED, list(map(as_message, purchases))
         )
-        for purchase in purchases:
-            await reader.wait_for(topics.COINS_CREDITED, payment_id=purchase.payment_id)
+        await reader.wait_for_all(
+            topics.COINS_CREDITED, "payment_id", [p.payment_id for p in purchases]
+        )
         for user in users[4::8]:  # their purchases are all reversed late: they go negative
             await spend(database_url, user, 60)
         await publish(infra.kafka_bootstrap, topics.PURCHASE_REVERSED, list(map(as_message, late)))
-        for undo in early + late:
-            await reader.wait_for(topics.COINS_CLAWED_BACK, payment_id=undo.payment_id)
-        frozen = [c for c in reader.matching(topics.COINS_CLAWED_BACK) if c["balance_after"] < 0]
+        clawed = await reader.wait_for_all(
+            topics.COINS_CLAWED_BACK, "payment_id", [undo.payment_id for undo in early + late]
+        )
+        frozen = [c for c in clawed.values() if c["balance_after"] < 0]
 
     assert frozen, "some clawbacks should have left an account negative"
     returncode, output = await run_audit(database_url)

@@ -156,8 +156,9 @@ async def test_reversals_racing_their_credits_are_each_applied_exactly_once(
                 infra.kafka_bootstrap, topics.PURCHASE_COMPLETED, list(map(as_message, purchases))
             ),
         )
-        for purchase in purchases:
-            await reader.wait_for(topics.COINS_CLAWED_BACK, payment_id=purchase.payment_id)
+        await reader.wait_for_all(
+            topics.COINS_CLAWED_BACK, "payment_id", [p.payment_id for p in purchases]
+        )
         clawed = [reader.matching(topics.COINS_CLAWED_BACK, user_id=user) for user in users]
 
     assert all(len(mine) == 1 and mine[0]["balance_after"] == 0 for mine in clawed)

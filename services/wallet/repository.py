@@ -400,7 +400,7 @@ class AuditQueries:
         """The sum of all entries per account kind (the ledger's own totals)."""
         rows = await conn.fetch(
             """
-            SELECT k.kind, coalesce(sum(e.amount), 0) AS total
+            SELECT k.kind, coalesce(sum(e.amount), 0)::bigint AS total
             FROM account_kinds k
             LEFT JOIN accounts a ON a.kind = k.kind
             LEFT JOIN ledger_entries e ON e.account_id = a.account_id
@@ -413,7 +413,7 @@ class AuditQueries:
         """User coin postings against each issuance account (credits net of clawbacks)."""
         rows = await conn.fetch(
             """
-            SELECT c.kind, sum(e.amount) AS total
+            SELECT c.kind, sum(e.amount)::bigint AS total
             FROM ledger_entries e
             JOIN accounts a ON a.account_id = e.account_id
             JOIN accounts c ON c.account_id = e.counter_account_id

@@ -54,20 +54,19 @@ async def audit(conn: asyncpg.Connection) -> Report:
     """Run every check on the wallet schema `conn` sees, in one snapshot."""
     queries = AuditQueries()
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        report = Report(
-            checks=[
-                Check("transactions sum to zero", await queries.unbalanced_transactions(conn)),
-                Check("entries continue balances", await queries.broken_running_balances(conn)),
-                Check("balances match entries", await queries.mismatched_balances(conn)),
-                Check("negative only when frozen", await queries.frozen_mismatches(conn)),
-                Check("below zero only by clawback", await queries.negatives_not_by_clawback(conn)),
-            ],
-            totals=await queries.entry_totals(conn),
-            counts=await queries.counts(conn),
-        )
+        entries = [
+            Check("transactions sum to zero", await queries.unbalanced_transactions(conn)),
+            Check("entries continue balances", await queries.broken_running_balances(conn)),
+            Check("balances match entries", await queries.mismatched_balances(conn)),
+        ]
+        signs = [
+            Check("negative only when frozen", await queries.frozen_mismatches(conn)),
+            Check("below zero only by clawback", await queries.negatives_not_by_clawback(conn)),
+        ]
+        totals = await queries.entry_totals(conn)
         by_source = await queries.user_coins_by_source(conn)
-    report.checks[3:3] = conservation(report.totals, by_source)
-    return report
+        counts = await queries.counts(conn)
+    return Report([*entries, *conservation(totals, by_source), *signs], totals, counts)
 
 
 def conservation(totals: dict[str, int], by_source: dict[str, int]) -> list[Check]:

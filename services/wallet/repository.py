@@ -225,6 +225,23 @@ class WalletRepository:
     ) -> None:
         """Set or (with None) remove limits: (user, period) -> (max coins, request id)."""
         kept = {key: value for key, value in limits.items() if value[0] is not None}
+        removed = [key for key in limits if key not in kept]
+        if kept:
+            await self._upsert_limits(conn, kept)
+        if removed:
+            await conn.execute(
+                """
+                DELETE FROM spending_limits s
+                USING unnest($1::text[], $2::text[]) AS r(user_id, period)
+                WHERE s.user_id = r.user_id AND s.period = r.period
+                """,
+                [user for user, _ in removed],
+                [period for _, period in removed],
+            )
+
+    async def _upsert_limits(
+        self, conn: Connection, limits: Mapping[tuple[str, Period], tuple[int | None, str]]
+    ) -> None:
         await conn.execute(
             """
             INSERT INTO spending_limits (user_id, period, max_coins, request_id)
@@ -233,20 +250,10 @@ class WalletRepository:
                 SET max_coins = excluded.max_coins, request_id = excluded.request_id,
                     updated_at = now()
             """,
-            [user for user, _ in kept],
-            [period for _, period in kept],
-            [limit for limit, _ in kept.values()],
-            [request_id for _, request_id in kept.values()],
-        )
-        removed = [key for key in limits if key not in kept]
-        await conn.execute(
-            """
-            DELETE FROM spending_limits s
-            USING unnest($1::text[], $2::text[]) AS r(user_id, period)
-            WHERE s.user_id = r.user_id AND s.period = r.period
-            """,
-            [user for user, _ in removed],
-            [period for _, period in removed],
+            [user for user, _ in limits],
+            [period for _, period in limits],
+            [limit for limit, _ in limits.values()],
+            [request_id for _, request_id in limits.values()],
         )
 
     async def get_spending_limits(

@@ -36,7 +36,10 @@ class SimulatedProvider:
       (a timeout); a retry with the same key gets the original approval;
     - `pm_card_down`: unreachable on every attempt.
 
-    It keeps its records in memory, as a provider keeps them on its side.
+    It keeps its records in memory, as a provider keeps them on its side — but a restart
+    of the payment service forgets them, which a real provider would not: a purchase
+    interrupted between charge and settle is then charged again by the simulator (it is
+    still completed and credited once).
     """
 
     def __init__(self, *, latency_ms: int = 0) -> None:

@@ -90,7 +90,9 @@ class PaymentService:
         pending = await self._record(list(first_seen.values()))
         if pending:
             charges = await asyncio.gather(*(self._charge(purchase) for purchase in pending))
+            crash_point("payment.charged")
             await self._settle(pending, charges)
+            crash_point("payment.settled")
 
     async def _record(self, requests: Sequence[PurchaseRequested]) -> list[Purchase]:
         async with self._db.transaction() as conn:

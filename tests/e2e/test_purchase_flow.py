@@ -44,33 +44,45 @@ async def test_every_service_is_ready_and_a_purchase_ends_as_coins(
 
 
 @pytest.mark.parametrize(
-    "crash_at",
-    ["wallet.credit.received", "wallet.credit.before_commit", "wallet.credit.after_commit"],
+    ("service", "crash_at"),
+    [
+        ("wallet", "wallet.credit.received"),
+        ("wallet", "wallet.credit.before_commit"),
+        ("wallet", "wallet.credit.after_commit"),
+        ("payment", "payment.recorded"),
+        ("payment", "payment.charged"),
+        ("payment", "payment.settled"),
+    ],
 )
-async def test_the_wallet_killed_mid_credit_credits_exactly_once_after_restart(
-    stack: Stack, infra: Any, crash_at: str
+async def test_a_service_killed_mid_purchase_completes_it_exactly_once_after_restart(
+    stack: Stack, infra: Any, service: str, crash_at: str
 ) -> None:
-    """SIGKILL right after the wallet received the credit, before its commit, or after
-    its commit but before the offset moved: the restarted wallet credits it once."""
-    await stack.stop("wallet")
-    doomed = await stack.start("wallet", COINSTREAM_CRASH_AT=crash_at)
+    """SIGKILL between two steps of a purchase — the wallet on receipt, before its commit
+    or after it; payment after recording, after charging, after settling (each before
+    its offset moved) — and restart: one completion, one credit."""
+    await stack.stop(service)
+    doomed = await stack.start(service, COINSTREAM_CRASH_AT=crash_at)
     user = unique("user")
     first = purchase_request(user_id=user, package_id="coins_350", amount=499)
-    async with TopicReader(infra.kafka_bootstrap, (topics.COINS_CREDITED,)) as reader:
+    watched = (topics.PURCHASE_COMPLETED, topics.COINS_CREDITED)
+    async with TopicReader(infra.kafka_bootstrap, watched) as reader:
         await publish(infra.kafka_bootstrap, topics.PURCHASE_REQUESTED, [(user, first)])
 
-        async def wallet_died() -> bool:
+        async def died() -> bool:
             return not pid_alive(doomed.pid)
 
-        await eventually(wallet_died)
-        await stack.start("wallet")
+        await eventually(died)
+        await stack.start(service)
         await eventually(lambda: coins_become(stack, user, 350))
         # Same key as the first purchase: once this is credited, any duplicate of the
         # first would have been applied too.
         second = purchase_request(user_id=user)
         await publish(infra.kafka_bootstrap, topics.PURCHASE_REQUESTED, [(user, second)])
         await reader.wait_for(topics.COINS_CREDITED, user_id=user, amount=70)
+        completions = reader.matching(topics.PURCHASE_COMPLETED, user_id=user)
         credits = reader.matching(topics.COINS_CREDITED, user_id=user)
 
     assert (await balance(stack, user))["coins"] == 420
     assert [credit["amount"] for credit in credits] == [350, 70]
+    # A republished outbox row is the same event; two different events would be a bug.
+    assert len({c["event_id"] for c in completions if c["request_id"] == first["request_id"]}) == 1

@@ -6,7 +6,7 @@ unexpected error the partition is rewound so nothing is skipped.
 """
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 from faststream import AckPolicy
@@ -14,6 +14,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from prometheus_client import CollectorRegistry
 
+from shared.outbox import Publish
 from shared.settings import ServiceSettings
 
 
@@ -33,7 +34,7 @@ def make_broker(settings: ServiceSettings, registry: CollectorRegistry) -> Kafka
 
 def outbox_publisher(
     broker: KafkaBroker,
-) -> Callable[[str, bytes, bytes, dict[str, str]], Awaitable[Awaitable[object]]]:
+) -> Publish:
     """The relay's way out: send one JSON record, return the future of its acknowledgement."""
 
     async def publish(

@@ -130,7 +130,9 @@ class PaymentService:
         ):
             seen = activity.setdefault(user_id, Activity())
             if spent and currency in self._limits.usd_per_unit:
-                seen.spent_today_usd_minor += self._limits.in_usd_minor(_money(spent, currency))
+                seen.spent_today_usd_minor += self._limits.in_usd_minor(
+                    Money(amount_minor=spent, currency=currency)
+                )
             seen.purchases_last_hour += attempts
         return Decider(
             self._limits, {(o.package_id, o.price.currency): o for o in offers}, activity
@@ -236,10 +238,6 @@ def _outcome(charge: Charge | None) -> tuple[str, str | None]:
     if charge.outcome == "approved":
         return "completed", None
     return "failed", "payment_declined"
-
-
-def _money(amount_minor: int, currency: str) -> Money:
-    return Money(amount_minor=amount_minor, currency=currency)
 
 
 def _refuse_if_different(known: Purchase | PurchaseRequested, request: PurchaseRequested) -> None:

@@ -232,6 +232,43 @@ class GiftRejected(Event):
     reason: GiftRejectionReason
 
 
+# --- the gift saga (internal: gifting <-> wallet, not in CONTRACT.md) -------------------
+
+GiftDebitRefusal = Literal[
+    "insufficient_coins", "spending_limit_exceeded", "account_frozen", "invalid_request"
+]
+
+
+class GiftDebitRequested(Event):
+    """Gifting asks the wallet to pay for a valid gift request (request_id = the gift's).
+
+    The wallet debits `coins` from the sender and credits the creator `diamonds` (the
+    creator's share, exact) in one ledger transaction, or refuses; either way it answers
+    once per request_id with `GiftDebitAnswered`.
+    """
+
+    topic = topics.GIFT_DEBIT_REQUESTED
+    key_field = "sender_id"
+
+    sender_id: Id
+    creator_id: Id
+    coins: int
+    diamonds: Diamonds
+
+
+class GiftDebitAnswered(Event):
+    """The wallet's one answer to a `GiftDebitRequested`: debited, or refused with a reason."""
+
+    topic = topics.GIFT_DEBIT_ANSWERED
+    key_field = "sender_id"
+
+    sender_id: Id
+    creator_id: Id
+    debited: bool
+    reason: GiftDebitRefusal | None = None
+    balance_after: int | None = None  # the sender's coins after the debit
+
+
 # --- payout ----------------------------------------------------------------------------
 
 

@@ -28,6 +28,11 @@ PAYOUT_REQUESTED: Final = "payout.payout-requested"
 PAYOUT_COMPLETED: Final = "payout.payout-completed"
 PAYOUT_FAILED: Final = "payout.payout-failed"
 
+# Internal: the gift saga between gifting and wallet (docs/architecture.md). Not part of
+# CONTRACT.md; their shapes may change with the services.
+GIFT_DEBIT_REQUESTED: Final = "gifting.gift-debit-requested"
+GIFT_DEBIT_ANSWERED: Final = "wallet.gift-debit-answered"
+
 PUBLIC_TOPICS: Final[tuple[str, ...]] = (
     PURCHASE_REQUESTED,
     PURCHASE_COMPLETED,
@@ -49,6 +54,8 @@ PUBLIC_TOPICS: Final[tuple[str, ...]] = (
     PAYOUT_FAILED,
 )
 
+INTERNAL_TOPICS: Final[tuple[str, ...]] = (GIFT_DEBIT_REQUESTED, GIFT_DEBIT_ANSWERED)
+
 DLQ_SUFFIX: Final = ".dlq"
 
 
@@ -59,4 +66,4 @@ def dlq(topic: str) -> str:
 
 def all_topics() -> list[str]:
     """Every topic the system needs, dead-letter topics included, in a stable order."""
-    return [name for topic in PUBLIC_TOPICS for name in (topic, dlq(topic))]
+    return [name for topic in PUBLIC_TOPICS + INTERNAL_TOPICS for name in (topic, dlq(topic))]

@@ -7,13 +7,35 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from services.gifting.service import GiftingService
+from shared.http import bad_request
+
+DEFAULT_LIMIT = 10
 
 
-def routes(service: GiftingService) -> Sequence[BaseRoute]:
+def routes(service: GiftingService, *, max_limit: int) -> Sequence[BaseRoute]:
     async def gifts(_: Request) -> Response:
         catalog = await service.catalog()
         return JSONResponse(
             {"gifts": [{"gift_id": g.gift_id, "name": g.name, "coins": g.coins} for g in catalog]}
         )
 
-    return [Route("/v1/gifts", gifts)]
+    async def leaderboard(request: Request) -> Response:
+        try:
+            limit = int(request.query_params.get("limit", DEFAULT_LIMIT))
+        except ValueError:
+            return bad_request("limit must be an integer")
+        if not 1 <= limit <= max_limit:
+            return bad_request(f"limit must be between 1 and {max_limit}")
+        stream_id = request.path_params["stream_id"]
+        entries = await service.leaderboard(stream_id=stream_id, limit=limit)
+        return JSONResponse(
+            {
+                "stream_id": stream_id,
+                "entries": [{"sender_id": sender, "coins": coins} for sender, coins in entries],
+            }
+        )
+
+    return [
+        Route("/v1/gifts", gifts),
+        Route("/v1/streams/{stream_id}/leaderboard", leaderboard),
+    ]

@@ -1,6 +1,16 @@
-"""Gift rules. The gift saga arrives with the gifting issue; for now, the catalog."""
+"""Gift rules: the catalog, what a request may ask, and how coins become diamonds.
 
-from dataclasses import dataclass
+Pure. The service loads the gifts a batch names and records what `decide` returns.
+"""
+
+import hashlib
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from typing import Literal
+
+from shared.contracts import GiftRejectionReason, GiftRequested
+
+Status = Literal["pending", "sent", "rejected"]
 
 
 @dataclass(frozen=True)
@@ -8,3 +18,84 @@ class Gift:
     gift_id: str
     name: str
     coins: int
+    active: bool = True
+
+
+@dataclass(frozen=True)
+class GiftRules:
+    creator_share: Decimal  # at most four decimals (settings check it)
+    max_quantity: int
+
+
+@dataclass(frozen=True)
+class GiftOrder:
+    """A gift request as recorded: pending (waiting for the wallet), sent or rejected."""
+
+    request_id: str
+    sender_id: str
+    creator_id: str
+    gift_id: str
+    quantity: int
+    stream_id: str | None
+    video_id: str | None
+    fingerprint: str
+    status: Status
+    reason: GiftRejectionReason | None = None
+    coins: int = 0
+    diamonds: Decimal = Decimal(0)
+
+
+def creator_diamonds(coins: int, share: Decimal) -> Decimal:
+    """The creator's diamonds for `coins`: exact, never rounded (2 Roses at 50% = 1)."""
+    return coins * share
+
+
+def refusal(
+    request: GiftRequested, gift: Gift | None, rules: GiftRules
+) -> GiftRejectionReason | None:
+    """Why the request is refused before any coin moves, or None when it may be paid."""
+    if (request.stream_id is None) == (request.video_id is None):
+        return "invalid_request"  # a gift goes to exactly one live stream or video
+    if request.sender_id == request.creator_id:
+        return "self_gift"
+    if gift is None or not gift.active:
+        return "unknown_gift"
+    if not 1 <= request.quantity <= rules.max_quantity:
+        return "invalid_quantity"
+    return None
+
+
+def decide(request: GiftRequested, gift: Gift | None, rules: GiftRules) -> GiftOrder:
+    """Record a new request: rejected with its reason, or pending with its price."""
+    reason = refusal(request, gift, rules)
+    order = GiftOrder(
+        request_id=request.request_id,
+        sender_id=request.sender_id,
+        creator_id=request.creator_id,
+        gift_id=request.gift_id,
+        quantity=request.quantity,
+        stream_id=request.stream_id,
+        video_id=request.video_id,
+        fingerprint=fingerprint(request),
+        status="rejected" if reason else "pending",
+        reason=reason,
+    )
+    if reason is not None or gift is None:
+        return order
+    coins = gift.coins * request.quantity
+    return replace(order, coins=coins, diamonds=creator_diamonds(coins, rules.creator_share))
+
+
+def fingerprint(request: GiftRequested) -> str:
+    """What makes a repeated request_id the same request (its time may differ)."""
+    content = "|".join(
+        (
+            request.sender_id,
+            request.creator_id,
+            request.gift_id,
+            str(request.quantity),
+            request.stream_id or "",
+            request.video_id or "",
+        )
+    )
+    return hashlib.sha256(content.encode()).hexdigest()

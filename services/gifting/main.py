@@ -2,9 +2,10 @@
 
 from starlette.applications import Starlette
 
-from services.gifting import api
+from services.gifting import api, handlers
+from services.gifting.domain import GiftRules
 from services.gifting.repository import GiftingRepository
-from services.gifting.service import GiftingService
+from services.gifting.service import GiftingMetrics, GiftingService
 from services.gifting.settings import GiftingSettings
 from shared.runtime import ServiceKit, serve
 
@@ -12,8 +13,10 @@ from shared.runtime import ServiceKit, serve
 def create_app(settings: GiftingSettings | None = None) -> Starlette:
     settings = settings or GiftingSettings()
     kit = ServiceKit(settings)
-    service = GiftingService(kit.db, GiftingRepository())
-    return kit.http_app(api.routes(service))
+    rules = GiftRules(creator_share=settings.creator_share, max_quantity=settings.max_quantity)
+    service = GiftingService(kit.db, GiftingRepository(), rules, GiftingMetrics(kit.registry))
+    kit.include(handlers.build_router(service, kit.dead_letters, settings))
+    return kit.http_app(api.routes(service, max_limit=settings.leaderboard_max_limit))
 
 
 def run() -> None:

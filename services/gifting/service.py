@@ -1,14 +1,170 @@
-"""Gifting use cases."""
+"""Gifting use cases: the gift saga with the wallet, and the leaderboards.
 
-from services.gifting.domain import Gift
-from services.gifting.repository import GiftingRepository
-from shared.db import Database
+1. `handle_requests` records each new gift request. One that fails a check is rejected
+   at once (gifting.gift-rejected); the others are priced and the wallet is asked to pay
+   (gifting.gift-debit-requested).
+2. The wallet debits the sender and credits the creator in one ledger transaction, or
+   refuses, and answers (wallet.gift-debit-answered).
+3. `handle_answers` gives each request its one outcome (gifting.gift-sent or
+   gifting.gift-rejected) and adds sent gifts to their stream's leaderboard.
+
+Each step is one transaction with its outbox; a request's status moves from pending to
+sent or rejected exactly once, so redeliveries and restarts repeat nothing.
+"""
+
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from prometheus_client import CollectorRegistry, Histogram
+
+from services.gifting import domain
+from services.gifting.domain import Gift, GiftOrder, GiftRules
+from services.gifting.errors import IdempotencyConflictError
+from services.gifting.repository import GiftingRepository, Settled
+from shared import outbox
+from shared.contracts import (
+    Event,
+    GiftDebitAnswered,
+    GiftDebitRequested,
+    GiftRejected,
+    GiftRequested,
+    GiftSent,
+)
+from shared.db import Connection, Database
+from shared.faults import crash_point
+
+
+class GiftingMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.saga = Histogram(
+            "coinstream_gift_saga_seconds",
+            "From a gift request's arrival to its outcome being committed, by outcome",
+            ["outcome"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        )
 
 
 class GiftingService:
-    def __init__(self, db: Database, repository: GiftingRepository) -> None:
+    def __init__(
+        self,
+        db: Database,
+        repository: GiftingRepository,
+        rules: GiftRules,
+        metrics: GiftingMetrics,
+    ) -> None:
         self._db = db
         self._repository = repository
+        self._rules = rules
+        self._metrics = metrics
 
     async def catalog(self) -> list[Gift]:
         return await self._repository.list_active_gifts(self._db.pool)
+
+    async def leaderboard(self, *, stream_id: str, limit: int) -> list[tuple[str, int]]:
+        return await self._repository.list_leaderboard(
+            self._db.pool, stream_id=stream_id, limit=limit
+        )
+
+    async def handle_requests(self, requests: Sequence[GiftRequested]) -> None:
+        """Record new gift requests: reject what fails a check, ask the wallet to pay
+        for the rest. A request_id seen before has no second effect."""
+        first_seen: dict[str, GiftRequested] = {}
+        for request in requests:
+            if first_seen.setdefault(request.request_id, request) is not request:
+                _refuse_if_different(domain.fingerprint(first_seen[request.request_id]), request)
+        async with self._db.transaction() as conn:
+            new = await self._new_requests(conn, list(first_seen.values()))
+            gifts = await self._repository.get_gifts(
+                conn, gift_ids=sorted({r.gift_id for r in new})
+            )
+            orders = [domain.decide(r, gifts.get(r.gift_id), self._rules) for r in new]
+            await self._repository.add_many(
+                conn, orders=orders, requested_at=[r.occurred_at for r in new]
+            )
+            await outbox.enqueue(conn, [_first_step(order) for order in orders])
+            crash_point("gifting.requests.before_commit")
+        crash_point("gifting.requests.after_commit")
+
+    async def _new_requests(
+        self, conn: Connection, requests: list[GiftRequested]
+    ) -> list[GiftRequested]:
+        known = await self._repository.get_by_request_ids(
+            conn, request_ids=[r.request_id for r in requests]
+        )
+        for request in requests:
+            if request.request_id in known:
+                _refuse_if_different(known[request.request_id].fingerprint, request)
+        return [r for r in requests if r.request_id not in known]
+
+    async def handle_answers(self, answers: Sequence[GiftDebitAnswered]) -> None:
+        """Give each paid or refused gift its one outcome, and rank sent gifts."""
+        outcomes: dict[str, str | None] = {}
+        for answer in answers:
+            refusal = None if answer.debited else answer.reason or "invalid_request"
+            outcomes.setdefault(answer.request_id, refusal)
+        async with self._db.transaction() as conn:
+            settled = await self._repository.settle_many(conn, outcomes=outcomes)
+            order = {request_id: i for i, request_id in enumerate(outcomes)}
+            settled.sort(key=lambda s: order[s.order.request_id])
+            await self._repository.add_to_leaderboards(conn, coins=_given(settled))
+            await outbox.enqueue(conn, [_outcome(s.order) for s in settled])
+            crash_point("gifting.answers.before_commit")
+        crash_point("gifting.answers.after_commit")
+        self._observe(settled)
+
+    def _observe(self, settled: list[Settled]) -> None:
+        now = datetime.now(UTC)
+        for item in settled:
+            self._metrics.saga.labels(item.order.status).observe(
+                (now - item.received_at).total_seconds()
+            )
+
+
+def _given(settled: list[Settled]) -> dict[tuple[str, str], int]:
+    """Coins given per (stream, sender) by the gifts sent in a live stream."""
+    given: Counter[tuple[str, str]] = Counter()
+    for item in settled:
+        order = item.order
+        if order.status == "sent" and order.stream_id is not None:
+            given[(order.stream_id, order.sender_id)] += order.coins
+    return dict(given)
+
+
+def _first_step(order: GiftOrder) -> Event:
+    """A pending request goes to the wallet; a rejected one is answered at once."""
+    if order.status == "pending":
+        return GiftDebitRequested(
+            request_id=order.request_id,
+            sender_id=order.sender_id,
+            creator_id=order.creator_id,
+            coins=order.coins,
+            diamonds=order.diamonds,
+        )
+    return _outcome(order)
+
+
+def _outcome(order: GiftOrder) -> Event:
+    if order.status == "sent":
+        return GiftSent(
+            request_id=order.request_id,
+            sender_id=order.sender_id,
+            creator_id=order.creator_id,
+            gift_id=order.gift_id,
+            quantity=order.quantity,
+            coins=order.coins,
+            diamonds=order.diamonds,
+            stream_id=order.stream_id,
+            video_id=order.video_id,
+        )
+    assert order.reason is not None
+    return GiftRejected(request_id=order.request_id, sender_id=order.sender_id, reason=order.reason)
+
+
+def _refuse_if_different(known_fingerprint: str, request: GiftRequested) -> None:
+    """The same request_id must carry the same request; anything else is refused."""
+    if known_fingerprint != domain.fingerprint(request):
+        raise IdempotencyConflictError(
+            f"request_id {request.request_id!r} was used before for a different gift"
+        )

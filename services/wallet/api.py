@@ -7,10 +7,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from services.wallet.domain import AccountKind, coin_source
+from services.wallet.domain import AccountKind, Unit, coin_source, diamonds_of
 from services.wallet.repository import HistoryItem
 from services.wallet.service import WalletService
 from shared.http import bad_request
+from shared.money import format_diamonds
 
 MAX_PAGE = 200
 
@@ -22,8 +23,8 @@ def routes(service: WalletService) -> Sequence[BaseRoute]:
             {
                 "user_id": found.user_id,
                 "coins": found.coins,
-                "diamonds": found.diamonds,
-                "diamonds_on_hold": found.diamonds_on_hold,
+                "diamonds": format_diamonds(found.diamonds),
+                "diamonds_on_hold": format_diamonds(found.diamonds_on_hold),
                 "frozen": found.frozen,
                 "spending_limits": {
                     "day": found.spending_limits.day,
@@ -60,15 +61,19 @@ def routes(service: WalletService) -> Sequence[BaseRoute]:
 
 def _history_item(item: HistoryItem) -> dict[str, Any]:
     counter = AccountKind(item.counter_kind) if item.counter_kind else None
+    in_diamonds = AccountKind(item.account_kind).unit is Unit.DIAMONDS
     return {
         "entry_id": item.entry_id,
         "transaction_id": item.tx_id,
-        "kind": item.kind,  # purchase, clawback, ...
+        "kind": item.kind,  # purchase, clawback, gift, ...
         "account": item.account_kind,  # user_coins, user_diamonds, user_diamond_hold
         "counter_account": item.counter_kind,  # the other side of the movement
         "coin_source": coin_source(counter),  # purchased / bonus coins, else null
-        "amount": item.amount,
-        "balance_after": item.balance_after,
+        # Coins as integers; diamonds as the contract writes them (1, "0.5").
+        "amount": format_diamonds(diamonds_of(item.amount)) if in_diamonds else item.amount,
+        "balance_after": (
+            format_diamonds(diamonds_of(item.balance_after)) if in_diamonds else item.balance_after
+        ),
         "request_id": item.request_id,
         "created_at": item.created_at.isoformat(),
     }

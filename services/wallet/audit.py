@@ -7,8 +7,9 @@ Checks, all in one consistent snapshot:
 - every transaction sums to zero in each unit (coins, diamonds) and has entries;
 - every entry continues its account's running balance;
 - every account's balance equals the sum of its entries and its latest balance_after;
-- coins issued (purchased + bonus) = coins held by users + coins spent, and
-  diamonds credited = diamonds held + on hold + paid out;
+- coins issued (purchased + bonus) = coins held by users + coins spent;
+- the value of the coins spent on gifts (one diamond per coin) = diamonds issued, and
+  diamonds issued = the platform's commission + diamonds held + on hold + paid out;
 - coins issued as purchased and as bonus each equal the users' postings against them;
 - nothing is negative except frozen accounts (and a frozen account is negative);
 - every entry that took an account below zero belongs to a clawback of user coins.
@@ -23,7 +24,9 @@ import asyncpg
 from rich.console import Console
 from rich.table import Table
 
+from services.wallet.domain import DIAMOND_UNITS, diamonds_of
 from services.wallet.repository import AuditQueries, Violations
+from shared.money import format_diamonds
 from shared.settings import InfraSettings
 
 SCHEMA = "wallet"
@@ -94,11 +97,19 @@ def conservation(totals: dict[str, int], by_source: dict[str, int]) -> list[Chec
             ("posted to users", by_source.get("bonus_issuance", 0)),
         ),
         equation(
-            "diamonds credited = held + on hold + paid out",
-            ("credited", -totals["diamond_issuance"]),
+            "coins spent on gifts = diamonds issued (1:1)",
+            ("coins spent, in diamond units", totals["coin_revenue"] * DIAMOND_UNITS),
+            ("diamonds issued", -totals["diamond_issuance"]),
+        ),
+        equation(
+            "diamonds issued = commission + held + on hold + paid out",
+            ("issued", -totals["diamond_issuance"]),
             (
-                "held + on hold + paid out",
-                totals["user_diamonds"] + totals["user_diamond_hold"] + totals["payout_clearing"],
+                "commission + held + on hold + paid out",
+                totals["platform_commission"]
+                + totals["user_diamonds"]
+                + totals["user_diamond_hold"]
+                + totals["payout_clearing"],
             ),
         ),
     ]
@@ -118,9 +129,12 @@ def render(report: Report, console: Console, where: str) -> None:
         f"coins: purchased {-totals['coin_issuance']}, bonus {-totals['bonus_issuance']}, "
         f"held by users {totals['user_coins']}, spent {totals['coin_revenue']}"
     )
+    diamonds = {kind: format_diamonds(diamonds_of(total)) for kind, total in totals.items()}
     console.print(
-        f"diamonds: credited {-totals['diamond_issuance']}, held {totals['user_diamonds']}, "
-        f"on hold {totals['user_diamond_hold']}, paid out {totals['payout_clearing']}"
+        f"diamonds: issued {format_diamonds(diamonds_of(-totals['diamond_issuance']))}, "
+        f"platform commission {diamonds['platform_commission']}, "
+        f"held by creators {diamonds['user_diamonds']}, "
+        f"on hold {diamonds['user_diamond_hold']}, paid out {diamonds['payout_clearing']}"
     )
     console.print(", ".join(f"{name.replace('_', ' ')} {n}" for name, n in report.counts.items()))
     failed = sum(not check.ok for check in report.checks)

@@ -6,19 +6,45 @@ database enforces the same rules again on the entries (migration 0002).
 """
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from enum import StrEnum
 
 from services.wallet.errors import (
     InsufficientFundsError,
+    InvalidGiftDebitError,
     InvalidPurchaseError,
     InvalidReversalError,
     UnbalancedTransactionError,
 )
-from shared.contracts import Period, PurchaseCompleted, PurchaseReversed
+from shared.contracts import (
+    GiftDebitRefusal,
+    GiftDebitRequested,
+    Period,
+    PurchaseCompleted,
+    PurchaseReversed,
+)
 
 PLATFORM = "platform"
+
+DIAMOND_UNITS = 10_000
+"""Diamond accounts count in units of 1/10,000 diamond. A creator share with at most
+four decimals (50%, 33.33%) of a whole number of coins is then a whole number of units:
+the ledger keeps every fraction exactly (one Rose at 50% is 5,000 units = 0.5 diamond)."""
+
+
+def diamond_units(diamonds: Decimal) -> int:
+    """Diamonds as ledger units; refuses an amount finer than the unit (never rounds)."""
+    units = diamonds * DIAMOND_UNITS
+    if units != units.to_integral_value():
+        raise InvalidGiftDebitError(f"{diamonds} diamonds is finer than 1/{DIAMOND_UNITS}")
+    return int(units)
+
+
+def diamonds_of(units: int) -> Decimal:
+    """Ledger units as diamonds, exactly."""
+    return Decimal(units).scaleb(-4)
 
 
 class Unit(StrEnum):
@@ -36,6 +62,7 @@ class AccountKind(StrEnum):
     BONUS_ISSUANCE = "bonus_issuance"  # the other side of every bonus coin
     COIN_REVENUE = "coin_revenue"  # coins spent on gifts
     DIAMOND_ISSUANCE = "diamond_issuance"  # the other side of every diamond credited
+    PLATFORM_COMMISSION = "platform_commission"  # the platform's share of gifts, in diamonds
     PAYOUT_CLEARING = "payout_clearing"  # diamonds paid out
 
     @property
@@ -68,7 +95,7 @@ _ISSUANCE_KINDS = frozenset(
 class TxKind(StrEnum):
     PURCHASE = "purchase"
     CLAWBACK = "clawback"  # the only kind that may take user coins below zero
-    GIFT = "gift"  # coins spent on a gift (the gifting saga's debit, next issue)
+    GIFT = "gift"  # coins spent on a gift, converted to the creator's diamonds
 
 
 @dataclass(frozen=True, order=True)
@@ -193,6 +220,7 @@ COIN_ISSUANCE = AccountRef(PLATFORM, AccountKind.COIN_ISSUANCE)
 BONUS_ISSUANCE = AccountRef(PLATFORM, AccountKind.BONUS_ISSUANCE)
 COIN_REVENUE = AccountRef(PLATFORM, AccountKind.COIN_REVENUE)
 DIAMOND_ISSUANCE = AccountRef(PLATFORM, AccountKind.DIAMOND_ISSUANCE)
+PLATFORM_COMMISSION = AccountRef(PLATFORM, AccountKind.PLATFORM_COMMISSION)
 PAYOUT_CLEARING = AccountRef(PLATFORM, AccountKind.PAYOUT_CLEARING)
 
 
@@ -244,6 +272,55 @@ def clawback(*, payment_id: str, request_id: str, credit: Iterable[Posting]) -> 
     )
 
 
+def gift_key(request_id: str) -> str:
+    return f"gift:{request_id}"
+
+
+def gift_debit(request: GiftDebitRequested) -> Draft:
+    """A gift as one transaction: the sender's coins go to coin revenue, and their value
+    (one diamond per coin, in units) is issued as diamonds, split between the creator
+    (the share gifting asked for) and the platform's commission.
+
+    So, to the unit: coins spent x 10,000 = creator units + commission units.
+    """
+    if request.coins <= 0 or request.sender_id == request.creator_id:
+        raise InvalidGiftDebitError(
+            f"gift {request.request_id}: {request.coins} coins from {request.sender_id} "
+            f"to {request.creator_id}"
+        )
+    creator_units = diamond_units(request.diamonds)
+    value_units = request.coins * DIAMOND_UNITS
+    if not 0 <= creator_units <= value_units:
+        raise InvalidGiftDebitError(
+            f"gift {request.request_id}: {request.diamonds} diamonds for {request.coins} coins"
+        )
+    postings: tuple[Posting, ...] = transfer(coins(request.sender_id), COIN_REVENUE, request.coins)
+    if creator_units:
+        postings += transfer(DIAMOND_ISSUANCE, diamonds(request.creator_id), creator_units)
+    if value_units > creator_units:
+        postings += transfer(DIAMOND_ISSUANCE, PLATFORM_COMMISSION, value_units - creator_units)
+    return Draft(
+        kind=TxKind.GIFT,
+        idempotency_key=gift_key(request.request_id),
+        request_id=request.request_id,
+        postings=postings,
+    )
+
+
+def gift_refusal(
+    sender: AccountState, coins: int, limits: "SpendingLimits", spent: "Spent"
+) -> GiftDebitRefusal | None:
+    """Why a sender may not spend `coins` now, or None. A frozen account (a chargeback
+    left it negative) is refused first, then the user's own limit, then the balance."""
+    if sender.frozen:
+        return "account_frozen"
+    if exceeded_limit(limits, spent, coins) is not None:
+        return "spending_limit_exceeded"
+    if sender.balance < coins:
+        return "insufficient_coins"
+    return None
+
+
 _COIN_SOURCES = {AccountKind.COIN_ISSUANCE: "purchased", AccountKind.BONUS_ISSUANCE: "bonus"}
 
 
@@ -293,6 +370,9 @@ class Spent:
     def of(self, period: Period) -> int:
         spent: int = getattr(self, period)
         return spent
+
+    def plus(self, coins: int) -> "Spent":
+        return replace(self, day=self.day + coins, week=self.week + coins, month=self.month + coins)
 
 
 def period_start(period: Period, now: datetime) -> datetime:

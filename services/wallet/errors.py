@@ -19,3 +19,8 @@ class InvalidPurchaseError(WalletError):
 
 class InvalidReversalError(WalletError):
     """A purchase-reversed event that parses but makes no sense (coins <= 0)."""
+
+
+class InvalidGiftDebitError(WalletError):
+    """A gift debit request that parses but makes no sense (no coins, a self gift, a
+    creator share above the coins' value or finer than a diamond unit)."""

@@ -7,7 +7,12 @@ from services.wallet.service import WalletService
 from shared import topics
 from shared.broker import batch_subscription
 from shared.consumer import DeadLetters, process
-from shared.contracts import PurchaseCompleted, PurchaseReversed, SpendingLimitRequested
+from shared.contracts import (
+    GiftDebitRequested,
+    PurchaseCompleted,
+    PurchaseReversed,
+    SpendingLimitRequested,
+)
 from shared.settings import ServiceSettings
 
 
@@ -35,5 +40,13 @@ def build_router(
         an upstream app; answers wallet.spending-limit-updated. Gifting enforces it."""
         deliveries = await dead_letters.sort(message.raw_message, SpendingLimitRequested)
         await process(deliveries, service.set_spending_limits, dead_letters)
+
+    @router.subscriber(topics.GIFT_DEBIT_REQUESTED, **batch_subscription(settings))
+    async def on_gift_debit_requested(message: KafkaMessage) -> None:
+        """Gifting asks to pay for a gift (internal saga step): debit the sender's coins
+        and credit the creator's diamonds at once, or refuse; answers
+        wallet.gift-debit-answered, plus wallet.coins-debited and -diamonds-credited."""
+        deliveries = await dead_letters.sort(message.raw_message, GiftDebitRequested)
+        await process(deliveries, service.debit_gifts, dead_letters)
 
     return router

@@ -1,18 +1,25 @@
 """Wiring of the wallet: settings -> database -> broker -> app."""
 
+from collections.abc import Callable
+from datetime import datetime
+
 from starlette.applications import Starlette
 
 from services.wallet import api, handlers
 from services.wallet.repository import WalletRepository
 from services.wallet.service import WalletService
 from services.wallet.settings import WalletSettings
+from shared.contracts import utc_now
 from shared.runtime import ServiceKit, serve
 
 
-def create_app(settings: WalletSettings | None = None) -> Starlette:
+def create_app(
+    settings: WalletSettings | None = None, clock: Callable[[], datetime] = utc_now
+) -> Starlette:
+    """The wallet app; `clock` decides the spending-limit periods (tests move it)."""
     settings = settings or WalletSettings()
     kit = ServiceKit(settings)
-    service = WalletService(kit.db, WalletRepository())
+    service = WalletService(kit.db, WalletRepository(), clock)
     kit.include(handlers.build_router(service, kit.dead_letters, settings))
     return kit.http_app(api.routes(service))
 

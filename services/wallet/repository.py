@@ -2,7 +2,7 @@
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
 import asyncpg
 
@@ -14,6 +14,7 @@ from services.wallet.domain import (
     Entry,
     Posting,
     SpendingLimits,
+    Spent,
 )
 from shared.contracts import Period
 from shared.db import Connection
@@ -263,6 +264,59 @@ class WalletRepository:
             "SELECT period, max_coins FROM spending_limits WHERE user_id = $1", user_id
         )
         return SpendingLimits(**{row["period"]: row["max_coins"] for row in rows})
+
+    async def list_spending_limits(
+        self, conn: Connection, *, user_ids: Sequence[str]
+    ) -> dict[str, SpendingLimits]:
+        """The limits of those users who have any."""
+        rows = await conn.fetch(
+            "SELECT user_id, period, max_coins FROM spending_limits WHERE user_id = ANY($1)",
+            list(user_ids),
+        )
+        found: dict[str, dict[str, int]] = {}
+        for row in rows:
+            found.setdefault(row["user_id"], {})[row["period"]] = row["max_coins"]
+        return {user: SpendingLimits(**limits) for user, limits in found.items()}
+
+    async def list_spent(
+        self, conn: Connection, *, user_ids: Sequence[str], day: date, week: date, month: date
+    ) -> dict[str, Spent]:
+        """Coins each user spent since the start of the day, the week and the month."""
+        if not user_ids:
+            return {}
+        rows = await conn.fetch(
+            """
+            SELECT user_id,
+                   coalesce(sum(coins) FILTER (WHERE day >= $2), 0)::bigint AS day,
+                   coalesce(sum(coins) FILTER (WHERE day >= $3), 0)::bigint AS week,
+                   coalesce(sum(coins) FILTER (WHERE day >= $4), 0)::bigint AS month
+            FROM daily_spending
+            WHERE user_id = ANY($1) AND day >= least($3, $4)
+            GROUP BY user_id
+            """,
+            list(user_ids),
+            day,
+            week,
+            month,
+        )
+        return {row["user_id"]: Spent(row["day"], row["week"], row["month"]) for row in rows}
+
+    async def add_spent(self, conn: Connection, *, day: date, coins: Mapping[str, int]) -> None:
+        """Add coins spent today, per user (in user order: writers never deadlock)."""
+        if not coins:
+            return
+        users = sorted(coins)
+        await conn.execute(
+            """
+            INSERT INTO daily_spending (user_id, day, coins)
+            SELECT user_id, $3, coins FROM unnest($1::text[], $2::bigint[]) AS s(user_id, coins)
+            ON CONFLICT (user_id, day) DO UPDATE
+                SET coins = daily_spending.coins + excluded.coins
+            """,
+            users,
+            [coins[user] for user in users],
+            day,
+        )
 
     async def get_accounts(
         self, conn: Connection | asyncpg.Pool, *, owner_id: str

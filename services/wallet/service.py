@@ -1,8 +1,11 @@
 """Wallet use cases: apply ledger transactions exactly once and report them."""
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
 from typing import TypeVar
 
 from services.wallet import domain
@@ -14,8 +17,10 @@ from services.wallet.domain import (
     Entry,
     Ledger,
     SpendingLimits,
+    Spent,
     TxKind,
 )
+from services.wallet.errors import InvalidGiftDebitError
 from services.wallet.repository import (
     HistoryItem,
     LockedAccount,
@@ -26,11 +31,17 @@ from shared import inbox, outbox, topics
 from shared.contracts import (
     CoinsClawedBack,
     CoinsCredited,
+    CoinsDebited,
+    DiamondsCredited,
     Event,
+    GiftDebitAnswered,
+    GiftDebitRefusal,
+    GiftDebitRequested,
     PurchaseCompleted,
     PurchaseReversed,
     SpendingLimitRequested,
     SpendingLimitUpdated,
+    utc_now,
 )
 from shared.db import Connection, Database
 from shared.faults import crash_point
@@ -46,16 +57,22 @@ Applied = list[tuple[Draft, list[Entry]]]
 class Balance:
     user_id: str
     coins: int
-    diamonds: int
-    diamonds_on_hold: int
+    diamonds: Decimal
+    diamonds_on_hold: Decimal
     frozen: bool
     spending_limits: SpendingLimits
 
 
 class WalletService:
-    def __init__(self, db: Database, repository: WalletRepository) -> None:
+    def __init__(
+        self,
+        db: Database,
+        repository: WalletRepository,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
         self._db = db
         self._repository = repository
+        self._clock = clock  # decides which UTC day, week and month a gift counts in
 
     async def credit_purchases(self, events: Sequence[PurchaseCompleted]) -> None:
         """Credit bought coins once per payment, and publish `wallet.coins-credited`.
@@ -180,6 +197,71 @@ class WalletService:
             )
             await outbox.enqueue(conn, [_limit_updated(r) for r in todo.values()])
 
+    async def debit_gifts(self, requests: Sequence[GiftDebitRequested]) -> None:
+        """Pay for gifts: debit each sender, credit each creator, or refuse; answer once.
+
+        Gifting asks (gifting.gift-debit-requested); the answer, wallet.gift-debit-answered,
+        goes back to it. A debit publishes `wallet.coins-debited` and
+        `wallet.diamonds-credited` too. The inbox is keyed by request_id, so a gift is
+        decided once, whatever is redelivered. One sender's requests apply in order
+        against one running balance, so concurrent gifts can never overspend.
+        """
+        async with self._db.transaction() as conn:
+            fresh = await inbox.claim_many(
+                conn,
+                topic=topics.GIFT_DEBIT_REQUESTED,
+                message_ids=[r.request_id for r in requests],
+            )
+            todo = list(
+                _first_of_each((r for r in requests if r.request_id in fresh), _request_id).values()
+            )
+            if todo:
+                await outbox.enqueue(conn, await self._pay_for_gifts(conn, todo))
+            crash_point("wallet.gift.before_commit")
+        crash_point("wallet.gift.after_commit")
+
+    async def _pay_for_gifts(
+        self, conn: Connection, requests: list[GiftDebitRequested]
+    ) -> list[Event]:
+        drafts = _gift_drafts(requests)
+        senders = {domain.coins(r.sender_id) for r in requests}
+        locked = await self._repository.lock_accounts(
+            conn, accounts=senders | {ref for d in drafts.values() for ref in d.accounts}
+        )
+        now = self._clock()
+        limits = await self._repository.list_spending_limits(
+            conn, user_ids=sorted({r.sender_id for r in requests})
+        )
+        spent = await self._repository.list_spent(
+            conn,
+            user_ids=sorted(limits),
+            **{p: domain.period_start(p, now).date() for p in domain.PERIODS},
+        )
+        ledger = Ledger({ref: account.state for ref, account in locked.items()})
+        applied: Applied = []
+        answers: list[Event] = []
+        debited: Counter[str] = Counter()  # coins per sender
+        for request in requests:
+            refusal = _refusal(request, drafts, ledger, limits, spent)
+            if refusal is not None:
+                answers.append(_refused(request, refusal))
+                continue
+            entries = ledger.apply(drafts[request.request_id])
+            applied.append((drafts[request.request_id], entries))
+            debited[request.sender_id] += request.coins
+            if request.sender_id in limits:
+                spent[request.sender_id] = spent.get(request.sender_id, Spent()).plus(request.coins)
+            answers.append(_debited(request, entries))
+        if applied:
+            await self._repository.add_transactions(
+                conn, applied=applied, accounts=locked, states=_states(ledger, locked)
+            )
+        await self._repository.add_spent(conn, day=now.date(), coins=debited)
+        # Answers first: the relay publishes in order, and gifting waits for them.
+        return answers + [
+            event for draft, entries in applied for event in _gift_events(draft, entries)
+        ]
+
     async def _not_applied(self, conn: Connection, drafts: Sequence[Draft]) -> list[Draft]:
         """The drafts, once per idempotency key, that the ledger has not applied yet."""
         unique = list({draft.idempotency_key: draft for draft in drafts}.values())
@@ -225,11 +307,13 @@ class WalletService:
     async def balance(self, *, user_id: str) -> Balance:
         accounts = await self._repository.get_accounts(self._db.pool, owner_id=user_id)
         coins = accounts.get(AccountKind.USER_COINS, AccountState(0))
+        diamonds = accounts.get(AccountKind.USER_DIAMONDS, AccountState(0))
+        on_hold = accounts.get(AccountKind.USER_DIAMOND_HOLD, AccountState(0))
         return Balance(
             user_id=user_id,
             coins=coins.balance,
-            diamonds=accounts.get(AccountKind.USER_DIAMONDS, AccountState(0)).balance,
-            diamonds_on_hold=accounts.get(AccountKind.USER_DIAMOND_HOLD, AccountState(0)).balance,
+            diamonds=domain.diamonds_of(diamonds.balance),
+            diamonds_on_hold=domain.diamonds_of(on_hold.balance),
             frozen=coins.frozen,
             spending_limits=await self._repository.get_spending_limits(
                 self._db.pool, user_id=user_id
@@ -246,6 +330,83 @@ class WalletService:
         )
         more = len(items) > limit
         return items[:limit], items[limit - 1].entry_id if more else None
+
+
+def _gift_drafts(requests: Iterable[GiftDebitRequested]) -> dict[str, Draft]:
+    """The ledger transaction of each request that makes sense (the rest are refused)."""
+    drafts = {}
+    for request in requests:
+        try:
+            drafts[request.request_id] = domain.gift_debit(request)
+        except InvalidGiftDebitError:
+            log.exception("refusing gift debit %s", request.request_id)
+    return drafts
+
+
+def _refusal(
+    request: GiftDebitRequested,
+    drafts: dict[str, Draft],
+    ledger: Ledger,
+    limits: dict[str, SpendingLimits],
+    spent: dict[str, Spent],
+) -> GiftDebitRefusal | None:
+    if request.request_id not in drafts:
+        return "invalid_request"
+    return domain.gift_refusal(
+        ledger.state(domain.coins(request.sender_id)),
+        request.coins,
+        limits.get(request.sender_id, SpendingLimits()),
+        spent.get(request.sender_id, Spent()),
+    )
+
+
+def _refused(request: GiftDebitRequested, reason: GiftDebitRefusal) -> GiftDebitAnswered:
+    return GiftDebitAnswered(
+        request_id=request.request_id,
+        sender_id=request.sender_id,
+        creator_id=request.creator_id,
+        debited=False,
+        reason=reason,
+    )
+
+
+def _debited(request: GiftDebitRequested, entries: list[Entry]) -> GiftDebitAnswered:
+    _, balance_after = domain.user_total(entries, domain.coins(request.sender_id))
+    return GiftDebitAnswered(
+        request_id=request.request_id,
+        sender_id=request.sender_id,
+        creator_id=request.creator_id,
+        debited=True,
+        balance_after=balance_after,
+    )
+
+
+def _gift_events(draft: Draft, entries: list[Entry]) -> list[Event]:
+    """`wallet.coins-debited` for the sender, `wallet.diamonds-credited` for the creator."""
+    sender = domain.user_coins_of(draft)
+    amount, balance_after = domain.user_total(entries, sender)
+    events: list[Event] = [
+        CoinsDebited(
+            request_id=draft.request_id,
+            user_id=sender.owner_id,
+            amount=-amount,
+            balance_after=balance_after,
+        )
+    ]
+    creator = next(
+        (e.account for e in entries if e.account.kind is AccountKind.USER_DIAMONDS), None
+    )
+    if creator is not None:
+        units, units_after = domain.user_total(entries, creator)
+        events.append(
+            DiamondsCredited(
+                request_id=draft.request_id,
+                user_id=creator.owner_id,
+                amount=domain.diamonds_of(units),
+                balance_after=domain.diamonds_of(units_after),
+            )
+        )
+    return events
 
 
 def _states(ledger: Ledger, locked: Iterable[AccountRef]) -> dict[AccountRef, AccountState]:
@@ -269,7 +430,7 @@ def _payment_of(event: PurchaseReversed) -> str:
     return event.payment_id
 
 
-def _request_id(request: SpendingLimitRequested) -> str:
+def _request_id(request: SpendingLimitRequested | GiftDebitRequested) -> str:
     return request.request_id
 
 

@@ -1,15 +1,15 @@
 """Helpers for the wallet's integration tests: events as payment publishes them, reads."""
 
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
 import httpx
 
 from services.wallet import domain
-from services.wallet.domain import Draft, TxKind
 from services.wallet.repository import WalletRepository
 from services.wallet.service import WalletService
-from shared.contracts import Message, PurchaseCompleted, PurchaseReversed
+from shared.contracts import GiftDebitRequested, Message, PurchaseCompleted, PurchaseReversed
 from shared.db import Database
 from shared.money import Money
 from tests.support import unique
@@ -52,16 +52,20 @@ async def coins_of(wallet: httpx.AsyncClient, user_id: str) -> int:
 
 
 async def spend(database_url: str, user_id: str, coins: int) -> None:
-    """Spend coins on a gift, as the gifting saga will (next issue), through the ledger."""
+    """Spend coins on a gift, posted straight to the ledger as the gift saga's debit
+    posts it (half the coins' value to a creator, half to the platform)."""
     db = Database(database_url, schema="wallet")
     await db.open()
     try:
         service = WalletService(db, WalletRepository())
-        draft = Draft(
-            TxKind.GIFT,
-            unique("gift"),
-            unique("req"),
-            domain.transfer(domain.coins(user_id), domain.COIN_REVENUE, coins),
+        draft = domain.gift_debit(
+            GiftDebitRequested(
+                request_id=unique("gift"),
+                sender_id=user_id,
+                creator_id=unique("creator"),
+                coins=coins,
+                diamonds=Decimal(coins) / 2,
+            )
         )
         async with db.transaction() as conn:
             await service._post(conn, [draft])

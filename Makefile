@@ -28,9 +28,11 @@ status: install ## what runs, and whether it answers
 demo: up ## the first flow on the running stack: purchases -> coins, printed readably
 	$(PY) -m devstack.demo
 
-bench: up ## purchases end to end on the running stack: throughput and latency (not a test)
+bench: up ## purchases and gifts end to end on the running stack: throughput and latency (not a test)
 	$(PY) -m benchmarks.recharge --count 20000
 	$(PY) -m benchmarks.recharge --count 20000 --rate 1000
+	$(PY) -m benchmarks.gifts --count 20000
+	$(PY) -m benchmarks.gifts --count 10000 --rate 500
 
 lint: install ## ruff (lint + format) and mypy --strict
 	$(VENV)/bin/ruff check .

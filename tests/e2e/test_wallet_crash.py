@@ -1,75 +1,16 @@
 """The wallet SIGKILLed in the middle of a batch, with many users' money in flight:
 after a restart every balance is exact and the ledger audit passes."""
 
-from collections import defaultdict
 from typing import Any
 
-import httpx
 import pytest
 
-from devstack.procs import pid_alive
 from shared import topics
 from tests.e2e.conftest import Stack
-from tests.support import (
-    TopicReader,
-    eventually,
-    publish,
-    purchase_request,
-    run_audit,
-    unique,
-)
+from tests.e2e.support import balances_become, buy, coins_by_user, restart_after_crash
+from tests.support import TopicReader, eventually, publish, run_audit, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-PACKAGES = [("coins_70", 99), ("coins_350", 499), ("coins_700", 999)]
-
-
-async def restart_after_crash(stack: Stack, crash_at: str, publish_load: Any) -> None:
-    """Start a wallet that SIGKILLs itself at `crash_at`, publish the load, wait for
-    the kill, start a healthy wallet."""
-    await stack.stop("wallet")
-    doomed = await stack.start("wallet", COINSTREAM_CRASH_AT=crash_at)
-    await publish_load()
-
-    async def wallet_died() -> bool:
-        return not pid_alive(doomed.pid)
-
-    await eventually(wallet_died, timeout_s=60)
-    await stack.start("wallet")
-
-
-async def balances_become(stack: Stack, expected: dict[str, int]) -> bool:
-    async with httpx.AsyncClient(base_url=stack.urls["wallet"]) as http:
-        for user, coins in expected.items():
-            body = (await http.get(f"/v1/users/{user}/balance")).json()
-            if body["coins"] != coins or body["frozen"]:
-                return False
-    return True
-
-
-async def buy(
-    stack: Stack, infra: Any, reader: TopicReader, users: list[str], count: int
-) -> dict[str, dict[str, Any]]:
-    """`count` purchases spread over `users`, published at once; their completions."""
-    requests = [
-        purchase_request(
-            user_id=users[n % len(users)], package_id=PACKAGES[n % 3][0], amount=PACKAGES[n % 3][1]
-        )
-        for n in range(count)
-    ]
-    await publish(
-        infra.kafka_bootstrap, topics.PURCHASE_REQUESTED, [(r["user_id"], r) for r in requests]
-    )
-    return await reader.wait_for_all(
-        topics.PURCHASE_COMPLETED, "request_id", [r["request_id"] for r in requests], timeout_s=120
-    )
-
-
-def coins_by_user(purchases: Any) -> dict[str, int]:
-    total: dict[str, int] = defaultdict(int)
-    for purchase in purchases:
-        total[purchase["user_id"]] += purchase["coins"] + purchase["bonus_coins"]
-    return total
 
 
 async def test_the_wallet_killed_mid_batch_of_credits_leaves_every_balance_exact(
@@ -86,7 +27,7 @@ async def test_the_wallet_killed_mid_batch_of_credits_leaves_every_balance_exact
         async def load() -> None:
             bought.update(await buy(stack, infra, reader, users, 300))
 
-        await restart_after_crash(stack, "wallet.credit.before_commit", load)
+        await restart_after_crash(stack, "wallet", "wallet.credit.before_commit", load)
         expected = coins_by_user(bought.values())
         await eventually(lambda: balances_become(stack, expected), timeout_s=120)
         credited = await reader.wait_for_all(
@@ -135,7 +76,7 @@ async def test_the_wallet_killed_mid_batch_of_clawbacks_takes_every_reversal_bac
                 ],
             )
 
-        await restart_after_crash(stack, "wallet.clawback.before_commit", load)
+        await restart_after_crash(stack, "wallet", "wallet.clawback.before_commit", load)
         kept = coins_by_user(bought[1::2])
         expected = {user: kept.get(user, 0) for user in users}
         await eventually(lambda: balances_become(stack, expected), timeout_s=120)

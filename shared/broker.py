@@ -9,6 +9,7 @@ import logging
 from collections.abc import Awaitable
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
@@ -32,23 +33,38 @@ def make_broker(settings: ServiceSettings, registry: CollectorRegistry) -> Kafka
     )
 
 
-def outbox_publisher(
-    broker: KafkaBroker,
-) -> Publish:
+def relay_producer(settings: ServiceSettings) -> AIOKafkaProducer:
+    """The outbox relay's own producer: idempotent, waits for every in-sync replica.
+
+    The relay publishes thousands of ready-made JSON records a second; going through
+    aiokafka directly skips the per-message work of FastStream's publish path (about a
+    tenth of a busy service's CPU), and the records of one batch share produce requests.
+    """
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id=f"coinstream-{settings.service_name}-relay",
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=2,
+    )
+
+
+def outbox_publisher(producer: AIOKafkaProducer) -> Publish:
     """The relay's way out: send one JSON record, return the future of its acknowledgement."""
 
     async def publish(
         topic: str, key: bytes, value: bytes, headers: dict[str, str]
     ) -> Awaitable[object]:
-        return await broker.publish(
-            value,
-            topic,
-            key=key,
-            headers={"content-type": "application/json", **headers},
-            no_confirm=True,
+        record_headers = [(name, text.encode()) for name, text in headers.items()]
+        future: Awaitable[object] = await producer.send(
+            topic, value, key=key, headers=[_JSON, *record_headers]
         )
+        return future
 
     return publish
+
+
+_JSON = ("content-type", b"application/json")
 
 
 async def _raw_records(message: Any) -> Any:
@@ -66,6 +82,8 @@ def batch_subscription(settings: ServiceSettings) -> dict[str, Any]:
         "auto_offset_reset": "earliest",
         "max_records": settings.consumer_max_records,
         "batch_timeout_ms": settings.consumer_batch_timeout_ms,
+        "fetch_min_bytes": settings.consumer_fetch_min_bytes,
+        "fetch_max_wait_ms": settings.consumer_fetch_max_wait_ms,
         # A service runs one consumer per topic in one group; when one joins, the others
         # learn of the rebalance at their next heartbeat. Frequent heartbeats make a
         # (re)start take about a second instead of several.

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
-from shared.broker import make_broker, outbox_publisher
+from shared.broker import make_broker, outbox_publisher, relay_producer
 from shared.consumer import DeadLetters
 from shared.db import Database
 from shared.http import health_routes
@@ -41,14 +41,7 @@ class ServiceKit:
         self.dead_letters = DeadLetters(
             self.broker, service=settings.service_name, registry=self.registry
         )
-        self.relay = OutboxRelay(
-            lambda: self.db.pool,
-            schema=settings.db_schema,
-            publish=outbox_publisher(self.broker),
-            metrics=RelayMetrics(self.registry),
-            batch_size=settings.relay_batch_size,
-            poll_interval_s=settings.relay_poll_interval_s,
-        )
+        self._relay_metrics = RelayMetrics(self.registry)
         self._relay_task: asyncio.Task[None] | None = None
 
     def include(self, *routers: KafkaRouter) -> None:
@@ -65,9 +58,19 @@ class ServiceKit:
     async def running(self) -> AsyncIterator[None]:
         """Open the pool, start consumers and the relay; stop them in reverse order."""
         await self.db.open()
+        producer = relay_producer(self.settings)  # aiokafka wants the running loop
         try:
             await self.broker.start()
-            self._relay_task = asyncio.create_task(self.relay.run(), name="outbox-relay")
+            await producer.start()
+            relay = OutboxRelay(
+                lambda: self.db.pool,
+                schema=self.settings.db_schema,
+                publish=outbox_publisher(producer),
+                metrics=self._relay_metrics,
+                batch_size=self.settings.relay_batch_size,
+                poll_interval_s=self.settings.relay_poll_interval_s,
+            )
+            self._relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
             log.info("%s started", self.settings.service_name)
             yield
         finally:
@@ -77,6 +80,7 @@ class ServiceKit:
                 self._relay_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._relay_task
+            await producer.stop()
             await self.db.close()
 
     def http_app(self, routes: Sequence[BaseRoute] = ()) -> Starlette:

@@ -5,7 +5,7 @@ import sys
 
 from prometheus_client import CollectorRegistry
 
-from shared.broker import make_broker, outbox_publisher
+from shared.broker import outbox_publisher, relay_producer
 from shared.db import Database
 from shared.outbox import OutboxRelay, RelayMetrics
 from shared.settings import ServiceSettings
@@ -18,20 +18,20 @@ class _Settings(ServiceSettings):
 async def main(dsn: str, schema: str, bootstrap: str) -> None:
     settings = _Settings(kafka_bootstrap_servers=bootstrap, database_url=dsn)
     registry = CollectorRegistry()
-    broker = make_broker(settings, registry)
+    producer = relay_producer(settings)
     db = Database(dsn, schema=schema)
     await db.open()
-    await broker.connect()
+    await producer.start()
     relay = OutboxRelay(
         lambda: db.pool,
         schema=schema,
-        publish=outbox_publisher(broker),
+        publish=outbox_publisher(producer),
         metrics=RelayMetrics(registry),
     )
     try:
         print(await relay.publish_batch())
     finally:
-        await broker.stop()
+        await producer.stop()
         await db.close()
 
 

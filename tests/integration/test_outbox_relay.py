@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from services.wallet.main import create_app
 from services.wallet.settings import WalletSettings
 from shared import outbox, topics
-from shared.broker import make_broker, outbox_publisher
+from shared.broker import outbox_publisher, relay_producer
 from shared.contracts import PurchaseCompleted
 from shared.db import Database
 from shared.kafka_admin import ensure_topics
@@ -65,19 +65,18 @@ async def start_relay(
     stack: AsyncExitStack, infra: Any, database_url: str, schema: str, batch_size: int
 ) -> outbox.OutboxRelay:
     registry = CollectorRegistry()
-    broker = make_broker(
-        RelaySettings(kafka_bootstrap_servers=infra.kafka_bootstrap, database_url=database_url),
-        registry,
+    producer = relay_producer(
+        RelaySettings(kafka_bootstrap_servers=infra.kafka_bootstrap, database_url=database_url)
     )
-    await broker.connect()
-    stack.push_async_callback(broker.stop)
+    await producer.start()
+    stack.push_async_callback(producer.stop)
     db = Database(database_url, schema=schema)
     await db.open()
     stack.push_async_callback(db.close)
     return outbox.OutboxRelay(
         lambda: db.pool,
         schema=schema,
-        publish=outbox_publisher(broker),
+        publish=outbox_publisher(producer),
         metrics=outbox.RelayMetrics(registry),
         batch_size=batch_size,
         poll_interval_s=0.05,

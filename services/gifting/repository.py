@@ -62,17 +62,20 @@ class GiftingRepository:
         )
         return {row["request_id"]: _order(row) for row in rows}
 
-    async def add_many(
+    async def add_new(
         self, conn: Connection, *, orders: Sequence[GiftOrder], requested_at: Sequence[datetime]
-    ) -> None:
+    ) -> set[str]:
+        """Record the requests not recorded yet; returns their request ids."""
         if not orders:
-            return
-        await conn.execute(
+            return set()
+        rows = await conn.fetch(
             f"""
             INSERT INTO gift_requests ({_COLUMNS}, requested_at)
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[],
                                  $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
                                  $11::bigint[], $12::numeric[], $13::timestamptz[])
+            ON CONFLICT (request_id) DO NOTHING
+            RETURNING request_id
             """,
             [o.request_id for o in orders],
             [o.sender_id for o in orders],
@@ -88,6 +91,7 @@ class GiftingRepository:
             [o.diamonds for o in orders],
             list(requested_at),
         )
+        return {row["request_id"] for row in rows}
 
     async def settle_many(
         self, conn: Connection, *, outcomes: Mapping[str, str | None]

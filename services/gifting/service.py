@@ -74,29 +74,31 @@ class GiftingService:
         for request in requests:
             if first_seen.setdefault(request.request_id, request) is not request:
                 _refuse_if_different(domain.fingerprint(first_seen[request.request_id]), request)
+        requests = list(first_seen.values())
         async with self._db.transaction() as conn:
-            new = await self._new_requests(conn, list(first_seen.values()))
             gifts = await self._repository.get_gifts(
-                conn, gift_ids=sorted({r.gift_id for r in new})
+                conn, gift_ids=sorted({r.gift_id for r in requests})
             )
-            orders = [domain.decide(r, gifts.get(r.gift_id), self._rules) for r in new]
-            await self._repository.add_many(
-                conn, orders=orders, requested_at=[r.occurred_at for r in new]
+            orders = [domain.decide(r, gifts.get(r.gift_id), self._rules) for r in requests]
+            # Decided first, recorded only if new: the common case costs no lookup.
+            added = await self._repository.add_new(
+                conn, orders=orders, requested_at=[r.occurred_at for r in requests]
             )
-            await outbox.enqueue(conn, [_first_step(order) for order in orders])
+            await self._check_repeats(conn, [r for r in requests if r.request_id not in added])
+            await outbox.enqueue(conn, [_first_step(o) for o in orders if o.request_id in added])
             crash_point("gifting.requests.before_commit")
         crash_point("gifting.requests.after_commit")
 
-    async def _new_requests(
-        self, conn: Connection, requests: list[GiftRequested]
-    ) -> list[GiftRequested]:
+    async def _check_repeats(self, conn: Connection, repeated: list[GiftRequested]) -> None:
+        """A request_id recorded before must carry the same request (else the batch
+        fails and the consumer isolates the conflicting message)."""
+        if not repeated:
+            return
         known = await self._repository.get_by_request_ids(
-            conn, request_ids=[r.request_id for r in requests]
+            conn, request_ids=[r.request_id for r in repeated]
         )
-        for request in requests:
-            if request.request_id in known:
-                _refuse_if_different(known[request.request_id].fingerprint, request)
-        return [r for r in requests if r.request_id not in known]
+        for request in repeated:
+            _refuse_if_different(known[request.request_id].fingerprint, request)
 
     async def handle_answers(self, answers: Sequence[GiftDebitAnswered]) -> None:
         """Give each paid or refused gift its one outcome, and rank sent gifts."""

@@ -269,6 +269,36 @@ class GiftDebitAnswered(Event):
     balance_after: int | None = None  # the sender's coins after the debit
 
 
+# --- payout holds (internal: payout <-> wallet, not in CONTRACT.md) ---------------------
+
+
+class DiamondsHoldRequested(Event):
+    """Payout asks the wallet to reserve a creator's diamonds for a payout (request_id =
+    the payout request's). The wallet answers once with `DiamondsHoldAnswered`; the hold
+    is later posted (on `payout.payout-completed`) or voided (on `payout.payout-failed`).
+    It must be settled before `deadline`."""
+
+    topic = topics.DIAMONDS_HOLD_REQUESTED
+    key_field = "creator_id"
+
+    payout_id: Id
+    creator_id: Id
+    diamonds: int
+    deadline: AwareDatetime
+
+
+class DiamondsHoldAnswered(Event):
+    """The wallet's one answer to a `DiamondsHoldRequested`: held, or refused."""
+
+    topic = topics.DIAMONDS_HOLD_ANSWERED
+    key_field = "creator_id"
+
+    payout_id: Id
+    creator_id: Id
+    held: bool
+    reason: Literal["insufficient_diamonds", "invalid_request"] | None = None
+
+
 # --- payout ----------------------------------------------------------------------------
 
 

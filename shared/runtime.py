@@ -7,7 +7,8 @@ and gets one ASGI app whose lifespan starts and stops everything in order.
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from typing import Any
 
 import uvicorn
 from faststream.kafka import KafkaRouter
@@ -43,6 +44,13 @@ class ServiceKit:
         )
         self._relay_metrics = RelayMetrics(self.registry)
         self._relay_task: asyncio.Task[None] | None = None
+        self._background: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def run_in_background(self, name: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run `work()` while the service runs (started after the consumers, cancelled
+        before them): a service's own loop, such as payout's reconciliation."""
+        self._background.append((name, work))
 
     def include(self, *routers: KafkaRouter) -> None:
         for router in routers:
@@ -71,9 +79,15 @@ class ServiceKit:
                 poll_interval_s=self.settings.relay_poll_interval_s,
             )
             self._relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
+            self._tasks = [
+                asyncio.create_task(work(), name=name) for name, work in self._background
+            ]
             log.info("%s started", self.settings.service_name)
             yield
         finally:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
             # Consumers first, so nothing new is written while the relay drains.
             await self.broker.stop()
             if self._relay_task is not None:

@@ -32,6 +32,9 @@ PAYOUT_FAILED: Final = "payout.payout-failed"
 # CONTRACT.md; their shapes may change with the services.
 GIFT_DEBIT_REQUESTED: Final = "gifting.gift-debit-requested"
 GIFT_DEBIT_ANSWERED: Final = "wallet.gift-debit-answered"
+# Internal: payout reserves diamonds in the wallet before calling its provider.
+DIAMONDS_HOLD_REQUESTED: Final = "payout.diamonds-hold-requested"
+DIAMONDS_HOLD_ANSWERED: Final = "wallet.diamonds-hold-answered"
 
 PUBLIC_TOPICS: Final[tuple[str, ...]] = (
     PURCHASE_REQUESTED,
@@ -54,7 +57,12 @@ PUBLIC_TOPICS: Final[tuple[str, ...]] = (
     PAYOUT_FAILED,
 )
 
-INTERNAL_TOPICS: Final[tuple[str, ...]] = (GIFT_DEBIT_REQUESTED, GIFT_DEBIT_ANSWERED)
+INTERNAL_TOPICS: Final[tuple[str, ...]] = (
+    GIFT_DEBIT_REQUESTED,
+    GIFT_DEBIT_ANSWERED,
+    DIAMONDS_HOLD_REQUESTED,
+    DIAMONDS_HOLD_ANSWERED,
+)
 
 DLQ_SUFFIX: Final = ".dlq"
 

@@ -1,4 +1,7 @@
+from decimal import Decimal
 from typing import ClassVar
+
+from pydantic import Field
 
 from shared.settings import ServiceSettings
 
@@ -6,3 +9,21 @@ from shared.settings import ServiceSettings
 class PayoutSettings(ServiceSettings):
     service_name: ClassVar[str] = "payout"
     default_http_port: ClassVar[int] = 8084
+
+    min_payout_diamonds: int = Field(default=2_000, ge=1)
+    """The smallest cash-out (2,000 diamonds = $10); less is `below_minimum`."""
+    daily_limit_usd_minor: int = Field(default=100_000, ge=0)
+    """At most this much (US cents) paid out to one creator per UTC day."""
+    diamond_value_usd: Decimal = Decimal("0.005")
+    """What one diamond is worth in US dollars (200 diamonds = $1)."""
+    usd_per_unit: dict[str, Decimal] = Field(
+        default_factory=lambda: {"USD": Decimal(1), "EUR": Decimal("1.08")}
+    )
+    """One unit of a payout currency in US dollars; a creator's currency must be here."""
+    hold_timeout_s: float = Field(default=3_600, gt=0)
+    """A payout's hold must be settled within this; the wallet audit names late ones."""
+    reconcile_interval_s: float = Field(default=1.0, gt=0)
+    """How often payouts with an unknown provider outcome are looked up."""
+    reconcile_after_s: float = Field(default=30.0, ge=0)
+    """A payout still being paid after this long (its process died mid-call) is reconciled."""
+    provider_latency_ms: int = Field(default=0, ge=0)

@@ -12,7 +12,9 @@ Checks, all in one consistent snapshot:
   diamonds issued = the platform's commission + diamonds held + on hold + paid out;
 - coins issued as purchased and as bonus each equal the users' postings against them;
 - nothing is negative except frozen accounts (and a frozen account is negative);
-- every entry that took an account below zero belongs to a clawback of user coins.
+- every entry that took an account below zero belongs to a clawback of user coins;
+- each creator's diamonds on hold equal their open payout holds, and no hold is still
+  open past its deadline (the payout service settles every hold before it).
 """
 
 import asyncio
@@ -66,10 +68,14 @@ async def audit(conn: asyncpg.Connection) -> Report:
             Check("negative only when frozen", await queries.frozen_mismatches(conn)),
             Check("below zero only by clawback", await queries.negatives_not_by_clawback(conn)),
         ]
+        holds = [
+            Check("diamonds on hold = open holds", await queries.holds_not_matching_accounts(conn)),
+            Check("no hold open past its deadline", await queries.late_holds(conn)),
+        ]
         totals = await queries.entry_totals(conn)
         by_source = await queries.user_coins_by_source(conn)
         counts = await queries.counts(conn)
-    return Report([*entries, *conservation(totals, by_source), *signs], totals, counts)
+    return Report([*entries, *conservation(totals, by_source), *signs, *holds], totals, counts)
 
 
 def conservation(totals: dict[str, int], by_source: dict[str, int]) -> list[Check]:

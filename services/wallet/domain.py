@@ -14,11 +14,13 @@ from enum import StrEnum
 from services.wallet.errors import (
     InsufficientFundsError,
     InvalidGiftDebitError,
+    InvalidHoldError,
     InvalidPurchaseError,
     InvalidReversalError,
     UnbalancedTransactionError,
 )
 from shared.contracts import (
+    DiamondsHoldRequested,
     GiftDebitRefusal,
     GiftDebitRequested,
     Period,
@@ -96,6 +98,9 @@ class TxKind(StrEnum):
     PURCHASE = "purchase"
     CLAWBACK = "clawback"  # the only kind that may take user coins below zero
     GIFT = "gift"  # coins spent on a gift, converted to the creator's diamonds
+    HOLD = "hold"  # diamonds reserved for a payout: they stop being available
+    HOLD_POST = "hold_post"  # the payout was paid: the reserved diamonds leave
+    HOLD_VOID = "hold_void"  # the payout failed: the reserved diamonds are available again
 
 
 @dataclass(frozen=True, order=True)
@@ -212,7 +217,8 @@ def diamonds(user_id: str) -> AccountRef:
     return AccountRef(user_id, AccountKind.USER_DIAMONDS)
 
 
-def diamond_hold(user_id: str) -> AccountRef:
+def hold_of(user_id: str) -> AccountRef:
+    """A user's diamonds on hold (reserved by payouts in flight)."""
     return AccountRef(user_id, AccountKind.USER_DIAMOND_HOLD)
 
 
@@ -319,6 +325,37 @@ def gift_refusal(
     if sender.balance < coins:
         return "insufficient_coins"
     return None
+
+
+def hold_key(request_id: str) -> str:
+    return f"hold:{request_id}"
+
+
+def diamond_hold(request: DiamondsHoldRequested) -> Draft:
+    """The first phase of a payout: whole diamonds move from the creator's available
+    diamonds to their hold account, where they count as on hold, not available."""
+    if request.diamonds <= 0:
+        raise InvalidHoldError(f"payout {request.request_id}: {request.diamonds} diamonds")
+    units = request.diamonds * DIAMOND_UNITS
+    return Draft(
+        kind=TxKind.HOLD,
+        idempotency_key=hold_key(request.request_id),
+        request_id=request.request_id,
+        postings=transfer(diamonds(request.creator_id), hold_of(request.creator_id), units),
+    )
+
+
+def close_hold(*, request_id: str, creator_id: str, units: int, paid: bool) -> Draft:
+    """The second phase: post the hold (the diamonds leave for payout clearing) when the
+    payout was paid, void it (the diamonds are available again) when it failed."""
+    target = PAYOUT_CLEARING if paid else diamonds(creator_id)
+    kind = TxKind.HOLD_POST if paid else TxKind.HOLD_VOID
+    return Draft(
+        kind=kind,
+        idempotency_key=f"{kind}:{request_id}",
+        request_id=request_id,
+        postings=transfer(hold_of(creator_id), target, units),
+    )
 
 
 _COIN_SOURCES = {AccountKind.COIN_ISSUANCE: "purchased", AccountKind.BONUS_ISSUANCE: "bonus"}

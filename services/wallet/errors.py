@@ -24,3 +24,7 @@ class InvalidReversalError(WalletError):
 class InvalidGiftDebitError(WalletError):
     """A gift debit request that parses but makes no sense (no coins, a self gift, a
     creator share above the coins' value or finer than a diamond unit)."""
+
+
+class InvalidHoldError(WalletError):
+    """A hold request that parses but makes no sense (no diamonds)."""

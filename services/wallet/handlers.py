@@ -8,7 +8,10 @@ from shared import topics
 from shared.broker import batch_subscription
 from shared.consumer import DeadLetters, process
 from shared.contracts import (
+    DiamondsHoldRequested,
     GiftDebitRequested,
+    PayoutCompleted,
+    PayoutFailed,
     PurchaseCompleted,
     PurchaseReversed,
     SpendingLimitRequested,
@@ -48,5 +51,24 @@ def build_router(
         wallet.gift-debit-answered, plus wallet.coins-debited and -diamonds-credited."""
         deliveries = await dead_letters.sort(message.raw_message, GiftDebitRequested)
         await process(deliveries, service.debit_gifts, dead_letters)
+
+    @router.subscriber(topics.DIAMONDS_HOLD_REQUESTED, **batch_subscription(settings))
+    async def on_diamonds_hold_requested(message: KafkaMessage) -> None:
+        """Payout reserves a creator's diamonds before paying them out (internal);
+        answers wallet.diamonds-hold-answered: held, or insufficient_diamonds."""
+        deliveries = await dead_letters.sort(message.raw_message, DiamondsHoldRequested)
+        await process(deliveries, service.hold_diamonds, dead_letters)
+
+    @router.subscriber(topics.PAYOUT_COMPLETED, **batch_subscription(settings))
+    async def on_payout_completed(message: KafkaMessage) -> None:
+        """Payout paid a creator: the diamonds on hold leave for payout clearing."""
+        deliveries = await dead_letters.sort(message.raw_message, PayoutCompleted)
+        await process(deliveries, service.close_holds, dead_letters)
+
+    @router.subscriber(topics.PAYOUT_FAILED, **batch_subscription(settings))
+    async def on_payout_failed(message: KafkaMessage) -> None:
+        """A payout failed: diamonds it held, if any, are available again."""
+        deliveries = await dead_letters.sort(message.raw_message, PayoutFailed)
+        await process(deliveries, service.close_holds, dead_letters)
 
     return router

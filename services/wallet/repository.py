@@ -45,6 +45,15 @@ class HistoryItem:
 
 
 @dataclass(frozen=True)
+class Hold:
+    request_id: str
+    payout_id: str
+    creator_id: str
+    units: int
+    deadline: datetime
+
+
+@dataclass(frozen=True)
 class PendingClawback:
     """A reversal that arrived before the credit it reverses."""
 
@@ -318,6 +327,48 @@ class WalletRepository:
             day,
         )
 
+    async def add_holds(self, conn: Connection, *, holds: Sequence[Hold]) -> None:
+        if not holds:
+            return
+        await conn.execute(
+            """
+            INSERT INTO holds (request_id, payout_id, creator_id, units, status, deadline)
+            SELECT r, p, c, u, 'open', d
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::timestamptz[])
+                 AS h(r, p, c, u, d)
+            """,
+            [h.request_id for h in holds],
+            [h.payout_id for h in holds],
+            [h.creator_id for h in holds],
+            [h.units for h in holds],
+            [h.deadline for h in holds],
+        )
+
+    async def close_holds(
+        self, conn: Connection, *, paid: Mapping[str, bool]
+    ) -> list[tuple[Hold, bool]]:
+        """Close open holds: request_id -> paid (posted) or not (voided). A hold already
+        closed, or none at all (a payout refused before its hold), is left out."""
+        rows = await conn.fetch(
+            """
+            UPDATE holds h
+            SET status = CASE WHEN c.paid THEN 'posted' ELSE 'voided' END,
+                closed_at = now()
+            FROM unnest($1::text[], $2::boolean[]) AS c(request_id, paid)
+            WHERE h.request_id = c.request_id AND h.status = 'open'
+            RETURNING h.request_id, h.payout_id, h.creator_id, h.units, h.deadline, c.paid
+            """,
+            list(paid),
+            list(paid.values()),
+        )
+        return [
+            (
+                Hold(r["request_id"], r["payout_id"], r["creator_id"], r["units"], r["deadline"]),
+                r["paid"],
+            )
+            for r in rows
+        ]
+
     async def get_accounts(
         self, conn: Connection | asyncpg.Pool, *, owner_id: str
     ) -> dict[AccountKind, AccountState]:
@@ -457,6 +508,31 @@ class AuditQueries:
             """,
         )
 
+    async def late_holds(self, conn: Connection) -> Violations:
+        return await self._violations(
+            conn,
+            """
+            SELECT format('hold of payout %s (%s, %s units) open past its deadline %s',
+                          request_id, creator_id, units, deadline)
+            FROM holds WHERE status = 'open' AND deadline < now()
+            """,
+        )
+
+    async def holds_not_matching_accounts(self, conn: Connection) -> Violations:
+        return await self._violations(
+            conn,
+            """
+            SELECT format('creator %s: %s units on hold, open holds %s',
+                          coalesce(a.owner_id, h.creator_id), coalesce(a.balance, 0),
+                          coalesce(h.units, 0))
+            FROM (SELECT owner_id, balance FROM accounts WHERE kind = 'user_diamond_hold') a
+            FULL JOIN (SELECT creator_id, sum(units) AS units FROM holds
+                       WHERE status = 'open' GROUP BY creator_id) h
+                   ON h.creator_id = a.owner_id
+            WHERE coalesce(a.balance, 0) <> coalesce(h.units, 0)
+            """,
+        )
+
     async def entry_totals(self, conn: Connection) -> dict[str, int]:
         """The sum of all entries per account kind (the ledger's own totals)."""
         rows = await conn.fetch(
@@ -491,7 +567,8 @@ class AuditQueries:
                    (SELECT count(*) FROM ledger_transactions) AS transactions,
                    (SELECT count(*) FROM ledger_entries) AS entries,
                    (SELECT count(*) FROM accounts WHERE frozen) AS frozen_accounts,
-                   (SELECT count(*) FROM pending_clawbacks) AS pending_clawbacks
+                   (SELECT count(*) FROM pending_clawbacks) AS pending_clawbacks,
+                   (SELECT count(*) FROM holds WHERE status = 'open') AS open_holds
             """
         )
         assert row is not None

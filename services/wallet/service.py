@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from services.wallet import domain
 from services.wallet.domain import (
@@ -20,9 +20,10 @@ from services.wallet.domain import (
     Spent,
     TxKind,
 )
-from services.wallet.errors import InvalidGiftDebitError
+from services.wallet.errors import InvalidGiftDebitError, InvalidHoldError
 from services.wallet.repository import (
     HistoryItem,
+    Hold,
     LockedAccount,
     PendingClawback,
     WalletRepository,
@@ -33,10 +34,14 @@ from shared.contracts import (
     CoinsCredited,
     CoinsDebited,
     DiamondsCredited,
+    DiamondsHoldAnswered,
+    DiamondsHoldRequested,
     Event,
     GiftDebitAnswered,
     GiftDebitRefusal,
     GiftDebitRequested,
+    PayoutCompleted,
+    PayoutFailed,
     PurchaseCompleted,
     PurchaseReversed,
     SpendingLimitRequested,
@@ -262,6 +267,97 @@ class WalletService:
             event for draft, entries in applied for event in _gift_events(draft, entries)
         ]
 
+    async def hold_diamonds(self, requests: Sequence[DiamondsHoldRequested]) -> None:
+        """Reserve creators' diamonds for payouts, or refuse; answer once per request.
+
+        Payout asks (payout.diamonds-hold-requested) before calling its provider; the
+        answer, wallet.diamonds-hold-answered, goes back to it. Diamonds on hold are not
+        available, so two payouts can never both reserve the same diamonds: one
+        creator's requests apply in order against one running balance.
+        """
+        async with self._db.transaction() as conn:
+            fresh = await inbox.claim_many(
+                conn,
+                topic=topics.DIAMONDS_HOLD_REQUESTED,
+                message_ids=[r.request_id for r in requests],
+            )
+            todo = list(
+                _first_of_each((r for r in requests if r.request_id in fresh), _request_id).values()
+            )
+            if todo:
+                await outbox.enqueue(conn, await self._reserve(conn, todo))
+            crash_point("wallet.hold.before_commit")
+
+    async def _reserve(
+        self, conn: Connection, requests: list[DiamondsHoldRequested]
+    ) -> list[Event]:
+        locked = await self._repository.lock_accounts(
+            conn,
+            accounts={
+                ref
+                for r in requests
+                for ref in (domain.diamonds(r.creator_id), domain.hold_of(r.creator_id))
+            },
+        )
+        ledger = Ledger({ref: account.state for ref, account in locked.items()})
+        applied: Applied = []
+        holds: list[Hold] = []
+        answers: list[Event] = []
+        for request in requests:
+            try:
+                draft = domain.diamond_hold(request)
+            except InvalidHoldError:
+                log.exception("refusing hold %s", request.request_id)
+                answers.append(_hold_answer(request, "invalid_request"))
+                continue
+            units = request.diamonds * domain.DIAMOND_UNITS
+            if ledger.balance(domain.diamonds(request.creator_id)) < units:
+                answers.append(_hold_answer(request, "insufficient_diamonds"))
+                continue
+            applied.append((draft, ledger.apply(draft)))
+            holds.append(
+                Hold(
+                    request.request_id,
+                    request.payout_id,
+                    request.creator_id,
+                    units,
+                    request.deadline,
+                )
+            )
+            answers.append(_hold_answer(request, None))
+        if applied:
+            await self._repository.add_transactions(
+                conn, applied=applied, accounts=locked, states=_states(ledger, locked)
+            )
+            await self._repository.add_holds(conn, holds=holds)
+        return answers
+
+    async def close_holds(self, payouts: Sequence[PayoutCompleted | PayoutFailed]) -> None:
+        """The second phase of a payout: post its hold when it was paid
+        (payout.payout-completed), void it when it failed (payout.payout-failed).
+
+        A hold moves from open to posted or voided once, so a redelivery does nothing;
+        a payout refused before any hold (not verified, below the minimum) has none.
+        """
+        paid: dict[str, bool] = {}
+        for payout in payouts:
+            paid.setdefault(payout.request_id, isinstance(payout, PayoutCompleted))
+        async with self._db.transaction() as conn:
+            closed = await self._repository.close_holds(conn, paid=paid)
+            order = {request_id: n for n, request_id in enumerate(paid)}
+            closed.sort(key=lambda item: order[item[0].request_id])
+            drafts = [
+                domain.close_hold(
+                    request_id=hold.request_id,
+                    creator_id=hold.creator_id,
+                    units=hold.units,
+                    paid=was_paid,
+                )
+                for hold, was_paid in closed
+            ]
+            await self._post(conn, drafts)
+            crash_point("wallet.hold_close.before_commit")
+
     async def _not_applied(self, conn: Connection, drafts: Sequence[Draft]) -> list[Draft]:
         """The drafts, once per idempotency key, that the ledger has not applied yet."""
         unique = list({draft.idempotency_key: draft for draft in drafts}.values())
@@ -409,6 +505,19 @@ def _gift_events(draft: Draft, entries: list[Entry]) -> list[Event]:
     return events
 
 
+def _hold_answer(
+    request: DiamondsHoldRequested,
+    refusal: Literal["insufficient_diamonds", "invalid_request"] | None,
+) -> DiamondsHoldAnswered:
+    return DiamondsHoldAnswered(
+        request_id=request.request_id,
+        payout_id=request.payout_id,
+        creator_id=request.creator_id,
+        held=refusal is None,
+        reason=refusal,
+    )
+
+
 def _states(ledger: Ledger, locked: Iterable[AccountRef]) -> dict[AccountRef, AccountState]:
     return {ref: ledger.state(ref) for ref in locked}
 
@@ -430,7 +539,9 @@ def _payment_of(event: PurchaseReversed) -> str:
     return event.payment_id
 
 
-def _request_id(request: SpendingLimitRequested | GiftDebitRequested) -> str:
+def _request_id(
+    request: SpendingLimitRequested | GiftDebitRequested | DiamondsHoldRequested,
+) -> str:
     return request.request_id
 
 

@@ -83,3 +83,27 @@ async def pending_clawbacks(database_url: str, user_id: str) -> list[str]:
         return [row["payment_id"] for row in rows]
     finally:
         await conn.close()
+
+
+async def give_diamonds(database_url: str, creator_id: str, diamonds: int) -> None:
+    """Give a creator diamonds as gifts do, posted straight to the ledger: a fan buys
+    coins and gifts twice as many coins as diamonds (the default 50% share)."""
+    db = Database(database_url, schema="wallet")
+    await db.open()
+    try:
+        service = WalletService(db, WalletRepository())
+        fan = unique("fan")
+        credit = domain.purchase_credit(completed(fan, coins=diamonds * 2))
+        gift = domain.gift_debit(
+            GiftDebitRequested(
+                request_id=unique("gift"),
+                sender_id=fan,
+                creator_id=creator_id,
+                coins=diamonds * 2,
+                diamonds=Decimal(diamonds),
+            )
+        )
+        async with db.transaction() as conn:
+            await service._post(conn, [credit, gift])
+    finally:
+        await db.close()

@@ -28,7 +28,7 @@ USERS = ("ann", "ben", "cat")
 ACCOUNTS = [
     *(domain.coins(user) for user in USERS),
     *(domain.diamonds(user) for user in USERS),
-    *(domain.diamond_hold(user) for user in USERS),
+    *(domain.hold_of(user) for user in USERS),
     domain.COIN_ISSUANCE,
     domain.BONUS_ISSUANCE,
     domain.COIN_REVENUE,

@@ -25,7 +25,7 @@ down: install ## stop what `make up` started, and nothing else
 status: install ## what runs, and whether it answers
 	$(PY) -m devstack status
 
-demo: up ## the first flow on the running stack: purchases -> coins, printed readably
+demo: up ## the whole journey on the running stack: purchases, gifts, payouts, audit
 	$(PY) -m devstack.demo
 
 bench: up ## purchases and gifts end to end on the running stack: throughput and latency (not a test)

@@ -1,14 +1,18 @@
-"""`make demo`: the first flow on the running stack, shown as it happens.
+"""`make demo`: the whole journey on the running stack, shown as it happens.
 
-Publishes purchase requests to Kafka as an upstream app would, prints every outcome
-event as it arrives, and shows balances over the wallet's HTTP API before and after.
+Viewers buy coins, send gifts to creators in a live stream, creators cash their
+diamonds out. Every request is published to Kafka as an upstream app would; every
+outcome and wallet event is printed as it arrives; balances (over the wallet's HTTP
+API) are shown before and after, then the stream's leaderboard and the ledger audit.
 """
 
 import asyncio
 import json
+import os
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,95 +24,233 @@ from rich.table import Table
 from shared import topics
 from shared.settings import InfraSettings
 
-PAYMENT = "http://127.0.0.1:8081"
 WALLET = "http://127.0.0.1:8082"
-WATCHED = (topics.PURCHASE_COMPLETED, topics.PURCHASE_FAILED, topics.COINS_CREDITED)
+GIFTING = "http://127.0.0.1:8083"
+PAYOUT = "http://127.0.0.1:8084"
+OUTCOMES = {
+    topics.PURCHASE_REQUESTED: (topics.PURCHASE_COMPLETED, topics.PURCHASE_FAILED),
+    topics.GIFT_REQUESTED: (topics.GIFT_SENT, topics.GIFT_REJECTED),
+    topics.PAYOUT_REQUESTED: (topics.PAYOUT_COMPLETED, topics.PAYOUT_FAILED),
+}
+WALLET_EVENTS = (topics.COINS_CREDITED, topics.COINS_DEBITED, topics.DIAMONDS_CREDITED)
+WATCHED = (*(t for pair in OUTCOMES.values() for t in pair), *WALLET_EVENTS)
 
 # Wide enough for one event per line when piped (rich assumes 80 columns then).
-console = Console(width=None if sys.stdout.isatty() else 110)
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 
-def scenario(run: str) -> list[tuple[str, dict[str, Any]]]:
-    """(what it shows, purchase request) for each step of the journey."""
-
-    def request(user: str, package: str, amount: int, method: str = "pm_card_ok") -> dict[str, Any]:
-        return {
-            "request_id": f"demo-{run}-{uuid.uuid4().hex[:6]}",
-            "user_id": f"{user}-{run}",
-            "package_id": package,
-            "price": {"amount_minor": amount, "currency": "USD"},
-            "payment_method": method,
-            "occurred_at": datetime.now(UTC).isoformat(),
-        }
-
-    return [
-        ("alice buys 350 coins for $4.99", request("alice", "coins_350", 499)),
-        ("bob buys 700 coins for $9.99", request("bob", "coins_700", 999)),
-        ("alice buys 70 more coins for $0.99", request("alice", "coins_70", 99)),
-        ("carol's app showed a stale price", request("carol", "coins_350", 399)),
-        ("dave asks for a package that does not exist", request("dave", "coins_42", 99)),
-        ("erin's card is declined", request("erin", "coins_70", 99, "pm_card_declined")),
-    ]
+@dataclass(frozen=True)
+class Step:
+    what: str
+    topic: str
+    key: str
+    body: dict[str, Any]
 
 
-async def show_catalog(http: httpx.AsyncClient) -> None:
-    packages = (await http.get(f"{PAYMENT}/v1/packages", params={"currency": "USD"})).json()
-    table = Table(title="Coin packages (GET /v1/packages)")
-    for column in ("package", "coins", "bonus", "price"):
-        table.add_column(column, justify="right")
-    for p in packages["packages"]:
-        price = f"${p['price']['amount_minor'] / 100:.2f}"
-        table.add_row(p["package_id"], str(p["coins"]), str(p["bonus_coins"]), price)
-    console.print(table)
+class Journey:
+    """The scripted requests of one run; ids carry the run's suffix."""
 
+    def __init__(self, run: str) -> None:
+        self.run = run
+        self.stream = f"live-{run}"
 
-async def show_balances(http: httpx.AsyncClient, users: list[str], title: str) -> None:
-    table = Table(title=title)
-    table.add_column("user")
-    table.add_column("coins", justify="right")
-    for user in users:
-        balance = (await http.get(f"{WALLET}/v1/users/{user}/balance")).json()
-        table.add_row(user, str(balance["coins"]))
-    console.print(table)
+    def who(self, name: str) -> str:
+        return f"{name}-{self.run}"
+
+    def _step(self, what: str, topic: str, key: str, **fields: Any) -> Step:
+        body = {"request_id": f"demo-{uuid.uuid4().hex[:10]}", **fields}
+        return Step(what, topic, key, body | {"occurred_at": datetime.now(UTC).isoformat()})
+
+    def buy(self, what: str, user: str, package: str, cents: int, card: str = "pm_card_ok") -> Step:
+        return self._step(
+            what,
+            topics.PURCHASE_REQUESTED,
+            self.who(user),
+            user_id=self.who(user),
+            package_id=package,
+            price={"amount_minor": cents, "currency": "USD"},
+            payment_method=card,
+        )
+
+    def gift(self, what: str, sender: str, creator: str, gift: str, quantity: int = 1) -> Step:
+        return self._step(
+            what,
+            topics.GIFT_REQUESTED,
+            self.who(sender),
+            sender_id=self.who(sender),
+            creator_id=self.who(creator),
+            gift_id=gift,
+            quantity=quantity,
+            stream_id=self.stream,
+        )
+
+    def cash_out(self, what: str, creator: str, diamonds: int) -> Step:
+        return self._step(
+            what,
+            topics.PAYOUT_REQUESTED,
+            self.who(creator),
+            creator_id=self.who(creator),
+            diamonds=diamonds,
+        )
+
+    def creators(self) -> list[tuple[str, dict[str, Any]]]:
+        """What the identity system reports about the creators (no answer is published)."""
+        return [
+            (
+                self.who(name),
+                {
+                    "creator_id": self.who(name),
+                    "verified": verified,
+                    "payout_method": method,
+                    "currency": currency,
+                    "occurred_at": datetime.now(UTC).isoformat(),
+                },
+            )
+            for name, verified, method, currency in (
+                ("grace", True, "po_bank_ok", "USD"),
+                ("heidi", True, "po_bank_flaky", "EUR"),
+                ("ivan", False, "po_bank_ok", "USD"),
+            )
+        ]
+
+    def phases(self) -> list[tuple[str, list[Step]]]:
+        return [
+            (
+                "Viewers buy coins (payment.purchase-requested)",
+                [
+                    self.buy("alice buys 17,500 coins for $249.99", "alice", "coins_17500", 24999),
+                    self.buy("bob buys 7,000 coins for $99.99", "bob", "coins_7000", 9999),
+                    self.buy("carol's app showed a stale price", "carol", "coins_350", 399),
+                    self.buy("erin's card is declined", "erin", "coins_70", 99, "pm_card_declined"),
+                ],
+            ),
+            (
+                f"Gifts in live stream {self.stream} (gifting.gift-requested)",
+                [
+                    self.gift(
+                        "alice sends grace an Interstellar", "alice", "grace", "interstellar"
+                    ),
+                    self.gift("bob sends heidi 9 Concerts", "bob", "heidi", "concert", 9),
+                    self.gift("bob sends grace 3 Roses", "bob", "grace", "rose", 3),
+                    self.gift("alice sends ivan 2 Concerts", "alice", "ivan", "concert", 2),
+                    self.gift("alice tries to gift herself", "alice", "alice", "rose"),
+                    self.gift("bob cannot afford a Universe", "bob", "grace", "universe"),
+                ],
+            ),
+            (
+                "Creators cash out (payout.payout-requested)",
+                [
+                    self.cash_out("grace cashes out 4,000 diamonds", "grace", 4000),
+                    self.cash_out("heidi cashes out 2,000 (her bank is flaky)", "heidi", 2000),
+                    self.cash_out("ivan is not verified", "ivan", 500),
+                    self.cash_out("grace asks for 10 diamonds", "grace", 10),
+                ],
+            ),
+        ]
 
 
 def describe(topic: str, body: dict[str, Any]) -> str:
-    if topic == topics.PURCHASE_COMPLETED:
-        return f"[green]purchase completed[/] {body['user_id']}: {body['coins']} coins paid"
-    if topic == topics.PURCHASE_FAILED:
-        return f"[red]purchase failed[/] {body['user_id']}: [bold]{body['reason']}[/]"
-    return f"[cyan]coins credited[/] {body['user_id']}: +{body['amount']} → {body['balance_after']}"
+    """One readable line per event."""
+    match topic:
+        case topics.PURCHASE_COMPLETED:
+            return f"[green]purchase completed[/] {body['user_id']}: {body['coins']} coins"
+        case topics.GIFT_SENT:
+            return (
+                f"[green]gift sent[/] {body['sender_id']} → {body['creator_id']}: "
+                f"{body['quantity']} x {body['gift_id']}, {body['coins']} coins = "
+                f"{body['diamonds']} diamonds"
+            )
+        case topics.PAYOUT_COMPLETED:
+            amount = body["amount"]
+            return (
+                f"[green]payout completed[/] {body['creator_id']}: {body['diamonds']} diamonds = "
+                f"{amount['amount_minor'] / 100:.2f} {amount['currency']}"
+            )
+        case topics.COINS_CREDITED | topics.COINS_DEBITED | topics.DIAMONDS_CREDITED:
+            what = topic.split(".")[-1].replace("-", " ")
+            sign = "-" if topic == topics.COINS_DEBITED else "+"
+            change = f"{sign}{body['amount']} → {body['balance_after']}"
+            return f"[cyan]{what}[/] {body['user_id']}: {change}"
+    who = body.get("user_id") or body.get("sender_id") or body.get("creator_id")
+    return f"[red]{topic.split('.')[-1]}[/] {who}: [bold]{body.get('reason')}[/]"
 
 
-async def watch(
-    consumer: AIOKafkaConsumer, request_ids: set[str], started: float, expected: int
+async def run_phase(
+    producer: AIOKafkaProducer, consumer: AIOKafkaConsumer, title: str, steps: list[Step]
 ) -> None:
-    seen = 0
-    while seen < expected:
-        batch = await consumer.getmany(timeout_ms=200)
-        for records in batch.values():
+    console.rule(title)
+    for step in steps:
+        console.print(f"  → {step.what}")
+        await producer.send_and_wait(
+            step.topic, json.dumps(step.body).encode(), key=step.key.encode()
+        )
+    console.print("  [dim]events, as they arrive:[/]")
+    outcome_topics = {t for step in steps for t in OUTCOMES[step.topic]}
+    waiting = {step.body["request_id"] for step in steps}
+    ours = set(waiting)
+    started = time.monotonic()
+    while waiting:
+        for records in (await consumer.getmany(timeout_ms=200)).values():
             for record in records:
-                body = json.loads(record.value)
-                if body.get("request_id") in request_ids:
-                    seen += 1
-                    elapsed = (time.monotonic() - started) * 1000
-                    console.print(
-                        f"  {elapsed:7.0f} ms  {record.topic:28} {describe(record.topic, body)}"
-                    )
+                body = json.loads(record.value or b"{}")
+                if body.get("request_id") not in ours:
+                    continue
+                elapsed = (time.monotonic() - started) * 1000
+                console.print(f"  {elapsed:7.0f} ms  {describe(record.topic, body)}")
+                if record.topic in outcome_topics:
+                    waiting.discard(body["request_id"])
 
 
-async def listen_from_now(consumer: AIOKafkaConsumer) -> None:
-    """Wait for the partitions and pin their ends, so nothing sent after is missed."""
-    while not consumer.assignment():
-        await consumer.getmany(timeout_ms=100)
-    for partition in consumer.assignment():
-        await consumer.position(partition)
+async def show_balances(http: httpx.AsyncClient, journey: Journey, title: str) -> None:
+    table = Table(title=title)
+    for column in ("account", "coins", "diamonds", "on hold", "frozen"):
+        table.add_column(column, justify="right")
+    for name in ("alice", "bob", "carol", "erin", "grace", "heidi", "ivan"):
+        b = (await http.get(f"{WALLET}/v1/users/{journey.who(name)}/balance")).json()
+        table.add_row(
+            b["user_id"],
+            str(b["coins"]),
+            str(b["diamonds"]),
+            str(b["diamonds_on_hold"]),
+            "yes" if b["frozen"] else "",
+        )
+    console.print(table)
+
+
+async def show_leaderboard(http: httpx.AsyncClient, journey: Journey) -> None:
+    board = (await http.get(f"{GIFTING}/v1/streams/{journey.stream}/leaderboard")).json()
+    table = Table(title=f"Leaderboard of {journey.stream}")
+    table.add_column("sender")
+    table.add_column("coins", justify="right")
+    for entry in board["entries"]:
+        table.add_row(entry["sender_id"], str(entry["coins"]))
+    console.print(table)
+
+
+async def settle(http: httpx.AsyncClient, journey: Journey) -> None:
+    """Wait until nothing is on hold: the wallet has posted or voided every payout's hold."""
+    for _ in range(100):
+        balances = [
+            (await http.get(f"{WALLET}/v1/users/{journey.who(name)}/balance")).json()
+            for name in ("grace", "heidi", "ivan")
+        ]
+        if all(b["diamonds_on_hold"] == 0 for b in balances):
+            return
+        await asyncio.sleep(0.1)
+
+
+async def audit() -> None:
+    """The ledger audit, run as an operator runs it."""
+    console.rule("Ledger audit (coinstream-audit)")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.wallet.audit", env={**os.environ, "COLUMNS": "120"}
+    )
+    await process.wait()
 
 
 async def main() -> None:
     bootstrap = InfraSettings().kafka_bootstrap_servers
-    steps = scenario(uuid.uuid4().hex[:4])
-    users = list(dict.fromkeys(request["user_id"] for _, request in steps))
+    journey = Journey(uuid.uuid4().hex[:4])
     consumer = AIOKafkaConsumer(
         *WATCHED,
         bootstrap_servers=bootstrap,
@@ -121,22 +263,21 @@ async def main() -> None:
     await producer.start()
     async with httpx.AsyncClient(timeout=10) as http:
         try:
-            await show_catalog(http)
-            await show_balances(http, users, "Balances before")
-            await listen_from_now(consumer)
-            console.rule("Purchase requests published to payment.purchase-requested")
-            started = time.monotonic()
-            for what, request in steps:
-                console.print(f"  → {what}")
-                body = json.dumps(request).encode()
+            for key, update in journey.creators():
                 await producer.send_and_wait(
-                    topics.PURCHASE_REQUESTED, body, key=request["user_id"].encode()
+                    topics.CREATOR_UPDATED, json.dumps(update).encode(), key=key.encode()
                 )
-            console.rule("Outcome events, as they arrive")
-            # Three successful purchases each give purchase-completed + coins-credited.
-            ids = {request["request_id"] for _, request in steps}
-            await asyncio.wait_for(watch(consumer, ids, started, expected=3 * 2 + 3), timeout=60)
-            await show_balances(http, users, "Balances after")
+            await show_balances(http, journey, "Balances before")
+            while not consumer.assignment():  # pin the ends: nothing sent after is missed
+                await consumer.getmany(timeout_ms=100)
+            for partition in consumer.assignment():
+                await consumer.position(partition)
+            for title, steps in journey.phases():
+                await asyncio.wait_for(run_phase(producer, consumer, title, steps), timeout=60)
+            await settle(http, journey)
+            await show_balances(http, journey, "Balances after")
+            await show_leaderboard(http, journey)
+            await audit()
         finally:
             await producer.stop()
             await consumer.stop()

@@ -1,17 +1,31 @@
-"""`coinstream`: the operator's command line (setup, migrations, topics, running a service)."""
+"""`coinstream`: the operator's command line (setup, migrations, topics, running a service,
+dead letters)."""
 
 import asyncio
+import contextlib
 import importlib
 import json
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
-from shared import contracts, kafka_admin, migrations
+from shared import contracts, dead_letters, kafka_admin, migrations
+from shared.dead_letters import DeadLetter, DeadLetterError, Replayed
 from shared.settings import InfraSettings
 
 app = typer.Typer(no_args_is_help=True, help="Operate a coinstream deployment.")
+dlq_app = typer.Typer(
+    no_args_is_help=True,
+    help="Inspect and replay dead letters (<topic>.dlq). Exit 1 on an error, 2 on misuse.",
+)
+app.add_typer(dlq_app, name="dlq")
 
 
 @app.command()
@@ -85,6 +99,209 @@ def serve(
     if service not in migrations.SERVICES:
         raise typer.BadParameter(f"unknown service {service!r}")
     importlib.import_module(f"services.{service}.main").run()
+
+
+# ─── dlq ─────────────────────────────────────────────────────────────────────────────
+
+TopicOption = Annotated[
+    str | None,
+    typer.Option(help="a topic or its dead-letter topic, e.g. payment.purchase-requested"),
+]
+
+
+@dlq_app.command("list")
+def dlq_list(
+    topic: TopicOption = None,
+    limit: Annotated[int, typer.Option(min=0, help="show the N most recent; 0: all")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+) -> None:
+    """List dead letters (all dead-letter topics, or the one of --topic), oldest first.
+
+    Reads without a consumer group up to the end at the start: it never moves a
+    service's offsets. Each row names a dead letter by its coordinates (dead-letter
+    topic, partition:offset), which `dlq replay` takes. The summary counts all of them.
+    """
+    names = [dead_letters.dlq_of(topic)] if topic else dead_letters.known_dlq_topics()
+    with _operator_errors():
+        letters = asyncio.run(_read(names, required=topic is not None))
+    shown = letters[-limit:] if limit else letters
+    if as_json:
+        for letter in shown:
+            typer.echo(dead_letters.json_line(letter))
+        if not letters:
+            _err.print(f"no dead letters in {_topics_label(names)}")
+        return
+    _print_letters(letters, shown, names)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    topic: Annotated[str, typer.Option(help="the topic or its dead-letter topic")],
+    offset: Annotated[
+        list[str] | None, typer.Option(help="PARTITION:OFFSET of a dead letter; repeatable")
+    ] = None,
+    replay_all: Annotated[bool, typer.Option("--all", help="every dead letter of it")] = False,
+    reason: Annotated[str | None, typer.Option(help="those with this dlq.reason")] = None,
+    dry_run: Annotated[bool, typer.Option(help="only print what would be replayed")] = False,
+) -> None:
+    """Publish dead letters again to their original topic (after the cause is fixed).
+
+    Same key and value; the headers without dlq.* plus dlq.replayed-from. The dead
+    letters stay in the dead-letter topic, so a second replay publishes them again:
+    the services skip a request_id/event_id they already processed.
+    """
+    if sum((bool(offset), replay_all, reason is not None)) != 1:
+        raise typer.BadParameter("give exactly one of --offset, --all, --reason")
+    wanted = [_parse_offset(text) for text in offset or []]
+    name = dead_letters.dlq_of(topic)
+    with _operator_errors():
+        letters = asyncio.run(_read([name], required=True))
+        if wanted:
+            letters = dead_letters.select_offsets(letters, wanted)
+        elif reason is not None:
+            present = sorted({letter.reason for letter in letters})
+            letters = [letter for letter in letters if letter.reason == reason]
+            if not letters:
+                typer.echo(f"no dead letter with reason {reason!r} in {name}: {present}")
+                return
+        if not letters:
+            typer.echo(f"nothing to replay in {name}")
+            return
+        replayed = [] if dry_run else asyncio.run(dead_letters.replay(_bootstrap(), letters))
+    _print_replay(letters, replayed, dry_run=dry_run)
+
+
+_out = Console(highlight=False)
+_err = Console(stderr=True, highlight=False)
+
+
+def _bootstrap() -> str:
+    return InfraSettings().kafka_bootstrap_servers
+
+
+@contextlib.contextmanager
+def _operator_errors() -> Iterator[None]:
+    """An error an operator must act on ends the command with its message and exit code 1."""
+    try:
+        yield
+    except (DeadLetterError, KafkaError) as error:
+        _err.print(Text(f"error: {error}"), style="red")
+        raise typer.Exit(1) from None
+
+
+async def _read(names: list[str], *, required: bool) -> list[DeadLetter]:
+    bootstrap = _bootstrap()
+    missing = sorted(set(names) - set(await dead_letters.existing_topics(bootstrap, names)))
+    if missing and required:
+        raise DeadLetterError(f"topic {missing[0]} does not exist")
+    if missing:
+        _err.print(Text(f"warning: not created yet: {', '.join(missing)}"), style="yellow")
+    return await dead_letters.read(bootstrap, names)
+
+
+def _parse_offset(text: str) -> tuple[int, int]:
+    try:
+        return dead_letters.parse_offset(text)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--offset") from None
+
+
+def _topics_label(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else f"{len(names)} dead-letter topics"
+
+
+def _print_letters(letters: list[DeadLetter], shown: list[DeadLetter], names: list[str]) -> None:
+    if not letters:
+        _out.print(f"no dead letters in {_topics_label(names)}")
+        return
+    if len(shown) < len(letters):
+        _out.print(f"the {len(shown)} most recent of {len(letters)} (--limit 0 for all)")
+    for dlq_topic in dict.fromkeys(letter.dlq_topic for letter in shown):
+        _out.print(_letters_table(dlq_topic, [x for x in shown if x.dlq_topic == dlq_topic]))
+    _out.print(_summary(letters))
+    _out.print("replay: coinstream dlq replay --topic DEAD-LETTER-TOPIC --offset P:O [--dry-run]")
+
+
+def _letters_table(dlq_topic: str, letters: list[DeadLetter]) -> Table:
+    """One dead-letter topic: the title and P:O are the coordinates `dlq replay` takes."""
+    origins = ", ".join(dict.fromkeys(letter.original_topic for letter in letters))
+    table = Table(title=f"{dlq_topic}  (from {origins})", title_justify="left")
+    for column in ("P:O", "reason", "service", "at (UTC)"):
+        table.add_column(column, no_wrap=True)
+    for column in ("key", "error", "value"):
+        table.add_column(column, overflow="fold")
+    for letter in letters:
+        table.add_row(*(Text(cell) for cell in _row(letter)))
+    return table
+
+
+def _row(letter: DeadLetter) -> list[str]:
+    key = "" if letter.key is None else letter.key.decode(errors="replace")
+    return [
+        f"{letter.partition}:{letter.offset}",
+        letter.reason,
+        letter.header("dlq.service") or "",
+        _when(letter.header("dlq.at")),
+        _short(key, 40),
+        _short(letter.header("dlq.error") or "", 60),
+        _short(letter.value.decode(errors="replace"), 60),
+    ]
+
+
+def _summary(letters: list[DeadLetter]) -> Table:
+    table = Table(title=f"{len(letters)} dead letter(s)", title_justify="left")
+    table.add_column("from topic")
+    table.add_column("reason")
+    table.add_column("count", justify="right")
+    for topic, reason, count in dead_letters.summarize(letters):
+        table.add_row(Text(topic), Text(reason), str(count))
+    return table
+
+
+def _print_replay(letters: list[DeadLetter], replayed: list[Replayed], *, dry_run: bool) -> None:
+    verb = "would replay (dry run, nothing published)" if dry_run else "replayed"
+    table = Table(title=f"{verb}: {len(letters)} dead letter(s)", title_justify="left")
+    table.add_column("dead letter", no_wrap=True)
+    for column in ("reason", "to topic", "published at P:O", "key"):
+        table.add_column(column, overflow="fold")
+    copies = {copy.letter.coordinates: copy for copy in replayed}
+    for letter in letters:
+        copy = copies.get(letter.coordinates)
+        key = "" if letter.key is None else letter.key.decode(errors="replace")
+        at = f"{copy.partition}:{copy.offset}" if copy else "-"
+        cells = [letter.coordinates, letter.reason, letter.original_topic, at, _short(key, 24)]
+        table.add_row(*(Text(cell) for cell in cells))
+    _out.print(table)
+    for letter in letters:
+        if (source := letter.header(dead_letters.REPLAYED_FROM)) is not None:
+            _out.print(
+                Text(f"{letter.coordinates} is itself a replay of {source} that failed again")
+            )
+    _out.print(
+        Text(
+            "note: the dead letters stay in the dead-letter topic; replaying them again "
+            "publishes them again. The services skip a request_id/event_id they already "
+            "processed, so a second copy is harmless; a message that still fails is "
+            "dead-lettered again."
+        )
+    )
+
+
+def _when(text: str | None) -> str:
+    if not text:
+        return ""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    if moment.tzinfo is None:
+        return moment.strftime("%Y-%m-%d %H:%M:%S")
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _short(text: str, width: int) -> str:
+    printable = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return printable if len(printable) <= width else printable[: width - 1] + "…"
 
 
 if __name__ == "__main__":

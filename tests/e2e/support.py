@@ -1,9 +1,10 @@
 """Helpers of the end-to-end tests: buying through payment, crashing a service."""
 
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+import asyncpg
 import httpx
 
 from devstack.procs import pid_alive
@@ -70,3 +71,64 @@ def coins_by_user(purchases: Any) -> dict[str, int]:
     for purchase in purchases:
         total[purchase["user_id"]] += purchase["coins"] + purchase["bonus_coins"]
     return total
+
+
+async def register_creators(
+    infra: Any, database_url: str, creators: dict[str, tuple[bool, str, str]]
+) -> None:
+    """Report creators as the identity system does: id -> (verified, method, currency).
+    No event answers it, so wait until the payout service has kept each of them."""
+    await publish(
+        infra.kafka_bootstrap,
+        topics.CREATOR_UPDATED,
+        [
+            (
+                creator,
+                {
+                    "creator_id": creator,
+                    "verified": verified,
+                    "payout_method": method,
+                    "currency": currency,
+                    "occurred_at": "2026-11-22T09:00:00+00:00",
+                },
+            )
+            for creator, (verified, method, currency) in creators.items()
+        ],
+    )
+
+    async def all_kept() -> bool:
+        conn = await asyncpg.connect(database_url)
+        try:
+            found = await conn.fetchval(
+                "SELECT count(*) FROM payout.creators WHERE creator_id = ANY($1)", list(creators)
+            )
+        finally:
+            await conn.close()
+        return bool(found == len(creators))
+
+    await eventually(all_kept)
+
+
+async def outcomes_of(
+    reader: TopicReader, outcome_topics: tuple[str, ...], request_ids: Iterable[str]
+) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """Every distinct outcome event (topic, body) of each request, once each has one.
+    A relay killed mid-publish may repeat an event: the same event_id counts once."""
+    wanted = set(request_ids)
+
+    async def all_answered() -> dict[str, list[tuple[str, dict[str, Any]]]] | None:
+        found: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
+        for topic in outcome_topics:
+            for body in reader.matching(topic):
+                if body.get("request_id") in wanted:
+                    found.setdefault(body["request_id"], {})[body["event_id"]] = (topic, body)
+        if len(found) < len(wanted):
+            return None
+        return {request_id: list(events.values()) for request_id, events in found.items()}
+
+    return await eventually(all_answered, timeout_s=120)
+
+
+async def balances(stack: Stack, users: Iterable[str]) -> dict[str, dict[str, Any]]:
+    async with httpx.AsyncClient(base_url=stack.urls["wallet"]) as http:
+        return {user: (await http.get(f"/v1/users/{user}/balance")).json() for user in users}

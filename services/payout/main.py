@@ -8,7 +8,7 @@ from starlette.applications import Starlette
 from services.payout import api, handlers
 from services.payout.provider import PayoutProvider, SimulatedBank
 from services.payout.repository import PayoutRepository
-from services.payout.service import PayoutService
+from services.payout.service import PayoutMetrics, PayoutService
 from services.payout.settings import PayoutSettings
 from shared.contracts import utc_now
 from shared.runtime import ServiceKit, serve
@@ -24,7 +24,8 @@ def create_app(
     settings = settings or PayoutSettings()
     kit = ServiceKit(settings)
     bank = provider or SimulatedBank(lambda: kit.db.pool, latency_ms=settings.provider_latency_ms)
-    service = PayoutService(kit.db, PayoutRepository(), bank, settings, clock)
+    metrics = PayoutMetrics(kit.registry)
+    service = PayoutService(kit.db, PayoutRepository(), bank, settings, metrics, clock)
     kit.include(handlers.build_router(service, kit.dead_letters, settings))
     kit.run_in_background("payout-reconciliation", service.reconcile_forever)
     return kit.http_app(api.routes(service))

@@ -16,6 +16,8 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
+from prometheus_client import CollectorRegistry, Counter
+
 from services.payout import domain
 from services.payout.domain import Payout, PayoutRules
 from services.payout.errors import IdempotencyConflictError, PayoutOutcomeUnknownError
@@ -41,6 +43,27 @@ log = logging.getLogger(__name__)
 Settlement = tuple[str, str | None, str | None]  # status, reason, provider reference
 
 
+class PayoutMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.outcomes = Counter(
+            "coinstream_payouts",
+            "Payouts that reached a final outcome, by outcome (completed or the reason)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.unknown = Counter(
+            "coinstream_payout_provider_unknown",
+            "Provider calls whose answer was lost (timeouts), left to reconciliation",
+            registry=registry,
+        )
+        self.reconciled = Counter(
+            "coinstream_payouts_reconciled",
+            "Payouts in doubt looked up at the provider, by what the lookup settled",
+            ["settled"],
+            registry=registry,
+        )
+
+
 class PayoutService:
     def __init__(
         self,
@@ -48,8 +71,10 @@ class PayoutService:
         repository: PayoutRepository,
         provider: PayoutProvider,
         settings: PayoutSettings,
+        metrics: PayoutMetrics,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
+        self._metrics = metrics
         self._db = db
         self._repository = repository
         self._provider = provider
@@ -103,6 +128,7 @@ class PayoutService:
                 conn, [_first_step(p, deadline) for p in payouts if p.request_id in added]
             )
             crash_point("payout.requests.before_commit")
+        self._count([p for p in payouts if p.request_id in added])
 
     async def _decide(self, conn: Connection, requests: list[PayoutRequested]) -> list[Payout]:
         creator_ids = sorted({r.creator_id for r in requests})
@@ -153,6 +179,7 @@ class PayoutService:
                 from_statuses=["holding"],
             )
             await outbox.enqueue(conn, [_outcome(p) for p in failed])
+        self._count(failed)
         crash_point("payout.held")
         held = await self._repository.get_by_request_ids(
             self._db.pool, request_ids=[a.request_id for a in answers if a.held]
@@ -171,19 +198,27 @@ class PayoutService:
                 payout_id=payout.payout_id, method=payout.payout_method, amount=payout.amount
             )
         except PayoutOutcomeUnknownError:
+            self._metrics.unknown.inc()
             log.warning("payout %s: provider outcome unknown, to reconcile", payout.payout_id)
             return None
 
     async def _settle(self, transfers: dict[str, Transfer | None]) -> None:
         async with self._db.transaction() as conn:
-            await self._settle_in(conn, transfers, from_statuses=["held"])
+            settled = await self._settle_in(conn, transfers, from_statuses=["held"])
+        self._count(settled)
+
+    def _count(self, payouts: Sequence[Payout]) -> None:
+        for payout in payouts:
+            if payout.status in ("completed", "failed"):
+                self._metrics.outcomes.labels(payout.reason or payout.status).inc()
 
     async def _settle_in(
         self, conn: Connection, transfers: dict[str, Transfer | None], from_statuses: list[str]
-    ) -> None:
+    ) -> list[Payout]:
         changes = {request_id: _settlement(t) for request_id, t in transfers.items()}
         settled = await self._repository.move(conn, changes=changes, from_statuses=from_statuses)
         await outbox.enqueue(conn, [_outcome(p) for p in settled if p.status != "unknown"])
+        return settled
 
     async def reconcile(self) -> int:
         """Settle payouts in doubt by asking the provider; returns how many were looked up.
@@ -200,7 +235,10 @@ class PayoutService:
             if not doubtful:
                 return 0
             transfers = {p.request_id: await self._look_up(p) for p in doubtful}
-            await self._settle_in(conn, transfers, from_statuses=["held", "unknown"])
+            settled = await self._settle_in(conn, transfers, from_statuses=["held", "unknown"])
+        self._count(settled)
+        for payout in settled:
+            self._metrics.reconciled.labels(payout.status).inc()
         return len(doubtful)
 
     async def _look_up(self, payout: Payout) -> Transfer | None:

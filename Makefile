@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help install up down status demo bench lint test test-unit test-integration test-e2e
+.PHONY: help install up down status demo bench docs lint test test-unit test-integration test-e2e
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ bench: up ## purchases and gifts end to end on the running stack: throughput and
 	$(PY) -m benchmarks.recharge --count 20000 --rate 1000
 	$(PY) -m benchmarks.gifts --count 20000
 	$(PY) -m benchmarks.gifts --count 10000 --rate 500
+
+docs: install ## regenerate docs/asyncapi.json and docs/schemas/*.json from the code
+	$(PY) -m shared.asyncapi
 
 lint: install ## ruff (lint + format) and mypy --strict
 	$(VENV)/bin/ruff check .

@@ -79,9 +79,7 @@ SCHEMAS_DIR: Final = "schemas"
 JSON_SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 UPSTREAM: Final = "upstream apps"
 
-_INTERNAL_NOTE: Final = (
-    "INTERNAL: not part of CONTRACT.md; its shape may change with the services."
-)
+_INTERNAL_NOTE: Final = "INTERNAL: not part of CONTRACT.md; its shape may change with the services."
 
 RouterBuilder = Callable[[Any, Any, Any], KafkaRouter]
 
@@ -103,8 +101,7 @@ PUBLISHES: Final[dict[str, dict[type[Event], str]]] = {
         "claws its coins back. Outcome of payment.chargeback-received.",
     },
     "wallet": {
-        CoinsCredited: "Coins were added to a user's balance (a purchase), with the balance "
-        "after.",
+        CoinsCredited: "Coins were added to a user's balance (a purchase), with the balance after.",
         CoinsDebited: "Coins left a sender's balance to pay for a gift, with the balance after.",
         DiamondsCredited: "A creator received diamonds for a gift, with the balance after.",
         CoinsClawedBack: "The coins of a reversed purchase were taken back, even below zero, "
@@ -199,7 +196,9 @@ def publishers_of(topic: str) -> list[str]:
     """The services that publish `topic`, or `UPSTREAM` for a request of CONTRACT.md."""
     if topic in contracts.REQUESTS:
         return [UPSTREAM]
-    return [service for service, events in PUBLISHES.items() if any(e.topic == topic for e in events)]
+    return [
+        service for service, events in PUBLISHES.items() if any(e.topic == topic for e in events)
+    ]
 
 
 def _key_note(model: type[Message]) -> str:
@@ -207,9 +206,10 @@ def _key_note(model: type[Message]) -> str:
 
 
 def _visibility(topic: str) -> str:
+    """The first paragraph of a channel's description."""
     if topic in topics.INTERNAL_TOPICS:
         return _INTERNAL_NOTE
-    return "Public (CONTRACT.md)."
+    return "Public: part of CONTRACT.md."
 
 
 @functools.cache
@@ -263,7 +263,11 @@ def _documentation_handler(name: str, model: type[Message]) -> Callable[..., Any
         handler,
         "__signature__",
         inspect.Signature(
-            [inspect.Parameter("message", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=model)],
+            [
+                inspect.Parameter(
+                    "message", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=model
+                )
+            ],
             return_annotation=None,
         ),
     )
@@ -287,9 +291,10 @@ def build_broker() -> KafkaBroker:
         model = models[sub.topic]
         description = "\n\n".join(
             (
+                _visibility(sub.topic),
                 f"{sub.service} consumes `{sub.topic}` (handler `{sub.handler}` in "
                 f"services/{sub.service}/handlers.py, consumer group `{sub.group_id}`). "
-                f"Published by {', '.join(publishers_of(sub.topic))}. {_visibility(sub.topic)}",
+                f"Published by {', '.join(publishers_of(sub.topic))}.",
                 sub.doc,
                 f"{_key_note(model)} A message that is not JSON, misses a required field or "
                 f"has a wrong type goes to `{topics.dlq(sub.topic)}` unchanged.",
@@ -312,8 +317,9 @@ def build_broker() -> KafkaBroker:
             )
             description = "\n\n".join(
                 (
+                    _visibility(event.topic),
                     f"{service} publishes `{event.topic}` through its transactional outbox. "
-                    f"{consumed} {_visibility(event.topic)}",
+                    f"{consumed}",
                     summary,
                     f"{_key_note(event)} Carries `event_id` (unique), `occurred_at` and the "
                     "`request_id` that caused it. Record headers: `content-type: "
@@ -350,8 +356,8 @@ def build_app() -> FastStream:
                 "idempotency key of a request. Diamonds are an integer, or a decimal "
                 "string when there is a fraction; never a float.\n\n"
                 "Requests are published by upstream apps; services publish events through "
-                "a transactional outbox. Topics whose description starts with INTERNAL are "
-                "between services and not part of the public contract (CONTRACT.md). "
+                "a transactional outbox. Channels and schemas whose description starts with "
+                "INTERNAL are between services and not part of the public contract (CONTRACT.md). "
                 "JSON Schemas of every message: docs/schemas/<topic>.json."
             ),
             schema_version="3.0.0",

@@ -115,7 +115,7 @@ def dlq_list(
     limit: Annotated[int, typer.Option(min=0, help="show the N most recent; 0: all")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
 ) -> None:
-    """List dead letters (all dead-letter topics, or the one of --topic), oldest first.
+    """List dead letters (every dead-letter topic, or the one of --topic), oldest first.
 
     Reads without a consumer group up to the end at the start: it never moves a
     service's offsets. Each row names a dead letter by its coordinates (dead-letter
@@ -123,7 +123,7 @@ def dlq_list(
     """
     names = [dead_letters.dlq_of(topic)] if topic else dead_letters.known_dlq_topics()
     with _operator_errors():
-        letters = asyncio.run(_read(names, required=topic is not None))
+        letters = dead_letters.by_time(asyncio.run(_read(names, required=topic is not None)))
     shown = letters[-limit:] if limit else letters
     if as_json:
         for letter in shown:
@@ -157,7 +157,7 @@ def dlq_replay(
     with _operator_errors():
         letters = asyncio.run(_read([name], required=True))
         if wanted:
-            letters = dead_letters.select_offsets(letters, wanted)
+            letters = dead_letters.select_offsets(letters, name, wanted)
         elif reason is not None:
             present = sorted({letter.reason for letter in letters})
             letters = [letter for letter in letters if letter.reason == reason]
@@ -261,9 +261,9 @@ def _summary(letters: list[DeadLetter]) -> Table:
 def _print_replay(letters: list[DeadLetter], replayed: list[Replayed], *, dry_run: bool) -> None:
     verb = "would replay (dry run, nothing published)" if dry_run else "replayed"
     table = Table(title=f"{verb}: {len(letters)} dead letter(s)", title_justify="left")
-    table.add_column("dead letter", no_wrap=True)
-    for column in ("reason", "to topic", "published at P:O", "key"):
-        table.add_column(column, overflow="fold")
+    for column in ("dead letter", "reason", "to topic", "copy at P:O"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("key", overflow="fold")
     copies = {copy.letter.coordinates: copy for copy in replayed}
     for letter in letters:
         copy = copies.get(letter.coordinates)
@@ -277,6 +277,15 @@ def _print_replay(letters: list[DeadLetter], replayed: list[Replayed], *, dry_ru
             _out.print(
                 Text(f"{letter.coordinates} is itself a replay of {source} that failed again")
             )
+    conflicts = sum(letter.reason == "idempotency_conflict" for letter in letters)
+    if conflicts:
+        _out.print(
+            Text(
+                f"warning: {conflicts} idempotency_conflict: the first request with that "
+                "request_id stands, so a copy is dead-lettered again",
+                style="yellow",
+            )
+        )
     _out.print(
         Text(
             "note: the dead letters stay in the dead-letter topic; replaying them again "

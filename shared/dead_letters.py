@@ -151,7 +151,8 @@ async def existing_topics(bootstrap: str, names: Iterable[str]) -> dict[str, lis
 async def read(
     bootstrap: str, dlq_topics: Sequence[str], *, timeout_s: float = 60.0
 ) -> list[DeadLetter]:
-    """Every dead letter of these topics that exist, oldest first (by record timestamp).
+    """Every dead letter of these topics that exist, by topic, partition and offset (so
+    the dead letters of one key, which share a partition, stay in their order).
 
     Reads from the oldest record kept up to the end offsets taken at the start, without a
     consumer group; raises DeadLetterError if the end is not reached within `timeout_s`.
@@ -177,6 +178,14 @@ async def read(
             ) from None
     finally:
         await consumer.stop()
+    order = {tp: index for index, tp in enumerate(partitions)}
+    return sorted(
+        letters, key=lambda d: (order[TopicPartition(d.dlq_topic, d.partition)], d.offset)
+    )
+
+
+def by_time(letters: Iterable[DeadLetter]) -> list[DeadLetter]:
+    """Oldest first by record timestamp, across topics and partitions."""
     return sorted(letters, key=lambda d: (d.timestamp_ms, d.dlq_topic, d.partition, d.offset))
 
 
@@ -205,16 +214,16 @@ def summarize(letters: Iterable[DeadLetter]) -> list[tuple[str, str, int]]:
 
 
 def select_offsets(
-    letters: Sequence[DeadLetter], wanted: Sequence[tuple[int, int]]
+    letters: Sequence[DeadLetter], dlq_topic: str, wanted: Sequence[tuple[int, int]]
 ) -> list[DeadLetter]:
-    """The dead letters at these (partition, offset) pairs, in the order given.
+    """The dead letters of `dlq_topic` at these (partition, offset) pairs, in the order given.
 
-    Raises DeadLetterError naming every pair that is not a dead letter of `letters`.
+    Raises DeadLetterError naming every pair that is not one of them; then none is chosen.
     """
-    by_position = {(letter.partition, letter.offset): letter for letter in letters}
+    by_position = {(d.partition, d.offset): d for d in letters if d.dlq_topic == dlq_topic}
     unknown = [f"{p}:{o}" for p, o in wanted if (p, o) not in by_position]
     if unknown:
-        raise DeadLetterError(f"no dead letter at {', '.join(unknown)}")
+        raise DeadLetterError(f"no dead letter in {dlq_topic} at {', '.join(unknown)}")
     return [by_position[pair] for pair in dict.fromkeys(wanted)]
 
 

@@ -26,7 +26,7 @@ def _parse_diamonds(value: Any) -> Decimal:
     # would already have lost exactness, so it is refused rather than rounded.
     if isinstance(value, bool):
         raise ValueError("diamonds must be an integer or a decimal string")
-    if isinstance(value, int):
+    if isinstance(value, int) and value >= 0:
         return Decimal(value)
     if isinstance(value, Decimal):
         return value

@@ -190,17 +190,12 @@ class WalletService:
         and no second answer. Within a batch one user's requests apply in order.
         """
         async with self._db.transaction() as conn:
-            fresh = await inbox.claim_many(
-                conn,
-                topic=topics.SPENDING_LIMIT_REQUESTED,
-                message_ids=[r.request_id for r in requests],
-            )
-            todo = _first_of_each((r for r in requests if r.request_id in fresh), _request_id)
+            todo = await _new_requests(conn, topics.SPENDING_LIMIT_REQUESTED, requests)
             await self._repository.set_spending_limits(
                 conn,
-                limits={(r.user_id, r.period): (r.max_coins, r.request_id) for r in todo.values()},
+                limits={(r.user_id, r.period): (r.max_coins, r.request_id) for r in todo},
             )
-            await outbox.enqueue(conn, [_limit_updated(r) for r in todo.values()])
+            await outbox.enqueue(conn, [_limit_updated(r) for r in todo])
 
     async def debit_gifts(self, requests: Sequence[GiftDebitRequested]) -> None:
         """Pay for gifts: debit each sender, credit each creator, or refuse; answer once.
@@ -212,14 +207,7 @@ class WalletService:
         against one running balance, so concurrent gifts can never overspend.
         """
         async with self._db.transaction() as conn:
-            fresh = await inbox.claim_many(
-                conn,
-                topic=topics.GIFT_DEBIT_REQUESTED,
-                message_ids=[r.request_id for r in requests],
-            )
-            todo = list(
-                _first_of_each((r for r in requests if r.request_id in fresh), _request_id).values()
-            )
+            todo = await _new_requests(conn, topics.GIFT_DEBIT_REQUESTED, requests)
             if todo:
                 await outbox.enqueue(conn, await self._pay_for_gifts(conn, todo))
             crash_point("wallet.gift.before_commit")
@@ -276,14 +264,7 @@ class WalletService:
         creator's requests apply in order against one running balance.
         """
         async with self._db.transaction() as conn:
-            fresh = await inbox.claim_many(
-                conn,
-                topic=topics.DIAMONDS_HOLD_REQUESTED,
-                message_ids=[r.request_id for r in requests],
-            )
-            todo = list(
-                _first_of_each((r for r in requests if r.request_id in fresh), _request_id).values()
-            )
+            todo = await _new_requests(conn, topics.DIAMONDS_HOLD_REQUESTED, requests)
             if todo:
                 await outbox.enqueue(conn, await self._reserve(conn, todo))
             crash_point("wallet.hold.before_commit")
@@ -539,10 +520,18 @@ def _payment_of(event: PurchaseReversed) -> str:
     return event.payment_id
 
 
-def _request_id(
-    request: SpendingLimitRequested | GiftDebitRequested | DiamondsHoldRequested,
-) -> str:
-    return request.request_id
+R = TypeVar("R", SpendingLimitRequested, GiftDebitRequested, DiamondsHoldRequested)
+
+
+async def _new_requests(conn: Connection, topic: str, requests: Sequence[R]) -> list[R]:
+    """The requests this transaction claims in the inbox, keyed by request_id: a request
+    is applied and answered once, whatever is redelivered; in order, the first of each."""
+    fresh = await inbox.claim_many(conn, topic=topic, message_ids=[r.request_id for r in requests])
+    first: dict[str, R] = {}
+    for request in requests:
+        if request.request_id in fresh:
+            first.setdefault(request.request_id, request)
+    return list(first.values())
 
 
 def _clawed_back(

@@ -20,7 +20,6 @@ from prometheus_client import CollectorRegistry, Histogram
 
 from services.gifting import domain
 from services.gifting.domain import Gift, GiftOrder, GiftRules
-from services.gifting.errors import IdempotencyConflictError
 from services.gifting.repository import GiftingRepository, Settled
 from shared import outbox
 from shared.contracts import (
@@ -33,6 +32,7 @@ from shared.contracts import (
 )
 from shared.db import Connection, Database
 from shared.faults import crash_point
+from shared.idempotency import first_of_each, refuse_if_different
 
 
 class GiftingMetrics:
@@ -70,11 +70,7 @@ class GiftingService:
     async def handle_requests(self, requests: Sequence[GiftRequested]) -> None:
         """Record new gift requests: reject what fails a check, ask the wallet to pay
         for the rest. A request_id seen before has no second effect."""
-        first_seen: dict[str, GiftRequested] = {}
-        for request in requests:
-            if first_seen.setdefault(request.request_id, request) is not request:
-                _refuse_if_different(domain.fingerprint(first_seen[request.request_id]), request)
-        requests = list(first_seen.values())
+        requests = first_of_each(requests, domain.fingerprint)
         async with self._db.transaction() as conn:
             gifts = await self._repository.get_gifts(
                 conn, gift_ids=sorted({r.gift_id for r in requests})
@@ -98,7 +94,7 @@ class GiftingService:
             conn, request_ids=[r.request_id for r in repeated]
         )
         for request in repeated:
-            _refuse_if_different(known[request.request_id].fingerprint, request)
+            refuse_if_different(known[request.request_id].fingerprint, request, domain.fingerprint)
 
     async def handle_answers(self, answers: Sequence[GiftDebitAnswered]) -> None:
         """Give each paid or refused gift its one outcome, and rank sent gifts."""
@@ -162,11 +158,3 @@ def _outcome(order: GiftOrder) -> Event:
         )
     assert order.reason is not None
     return GiftRejected(request_id=order.request_id, sender_id=order.sender_id, reason=order.reason)
-
-
-def _refuse_if_different(known_fingerprint: str, request: GiftRequested) -> None:
-    """The same request_id must carry the same request; anything else is refused."""
-    if known_fingerprint != domain.fingerprint(request):
-        raise IdempotencyConflictError(
-            f"request_id {request.request_id!r} was used before for a different gift"
-        )

@@ -16,7 +16,7 @@ from tenacity import (
 )
 
 from services.payment.domain import Activity, Decider, Offer, Purchase, RiskLimits, fingerprint
-from services.payment.errors import IdempotencyConflictError, ProviderUnavailableError
+from services.payment.errors import ProviderUnavailableError
 from services.payment.provider import CardProvider, Charge
 from services.payment.repository import PaymentRepository
 from services.payment.settings import PaymentSettings
@@ -31,6 +31,7 @@ from shared.contracts import (
 )
 from shared.db import Connection, Database
 from shared.faults import crash_point
+from shared.idempotency import first_of_each, refuse_if_different
 from shared.money import Money
 
 
@@ -83,11 +84,7 @@ class PaymentService:
         has no second effect; one still pending (a crash mid-charge) is charged again
         with the same key, which the provider answers with the first result.
         """
-        first_seen: dict[str, PurchaseRequested] = {}
-        for request in requests:
-            if first_seen.setdefault(request.request_id, request) is not request:
-                _refuse_if_different(first_seen[request.request_id], request)
-        pending = await self._record(list(first_seen.values()))
+        pending = await self._record(first_of_each(requests, fingerprint))
         if pending:
             charges = await asyncio.gather(*(self._charge(purchase) for purchase in pending))
             crash_point("payment.charged")
@@ -101,7 +98,7 @@ class PaymentService:
             )
             for request in requests:
                 if request.request_id in known:
-                    _refuse_if_different(known[request.request_id], request)
+                    refuse_if_different(known[request.request_id].fingerprint, request, fingerprint)
             new = [r for r in requests if r.request_id not in known]
             decider = await self._decider(conn, new)
             now = datetime.now(UTC)
@@ -238,12 +235,3 @@ def _outcome(charge: Charge | None) -> tuple[str, str | None]:
     if charge.outcome == "approved":
         return "completed", None
     return "failed", "payment_declined"
-
-
-def _refuse_if_different(known: Purchase | PurchaseRequested, request: PurchaseRequested) -> None:
-    """The same request_id must carry the same request; anything else is refused."""
-    known_print = known.fingerprint if isinstance(known, Purchase) else fingerprint(known)
-    if known_print != fingerprint(request):
-        raise IdempotencyConflictError(
-            f"request_id {request.request_id!r} was used before for a different request"
-        )

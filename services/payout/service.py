@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from services.payout import domain
 from services.payout.domain import Payout, PayoutRules
-from services.payout.errors import IdempotencyConflictError, PayoutOutcomeUnknownError
+from services.payout.errors import PayoutOutcomeUnknownError
 from services.payout.provider import PayoutProvider, Transfer
 from services.payout.repository import PayoutRepository
 from services.payout.settings import PayoutSettings
@@ -37,6 +37,7 @@ from shared.contracts import (
 )
 from shared.db import Connection, Database
 from shared.faults import crash_point
+from shared.idempotency import first_of_each, refuse_if_different
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +110,7 @@ class PayoutService:
     async def handle_requests(self, requests: Sequence[PayoutRequested]) -> None:
         """Record new payout requests: refuse what fails a check, ask the wallet to hold
         the diamonds of the rest. A request_id seen before has no second effect."""
-        first_seen: dict[str, PayoutRequested] = {}
-        for request in requests:
-            if first_seen.setdefault(request.request_id, request) is not request:
-                _refuse_if_different(domain.fingerprint(first_seen[request.request_id]), request)
-        new = list(first_seen.values())
+        new = first_of_each(requests, domain.fingerprint)
         async with self._db.transaction() as conn:
             payouts = await self._decide(conn, new)
             deadline = self._clock() + timedelta(seconds=self._settings.hold_timeout_s)
@@ -156,7 +153,7 @@ class PayoutService:
             conn, request_ids=[r.request_id for r in repeated]
         )
         for request in repeated:
-            _refuse_if_different(known[request.request_id].fingerprint, request)
+            refuse_if_different(known[request.request_id].fingerprint, request, domain.fingerprint)
 
     async def handle_hold_answers(self, answers: Sequence[DiamondsHoldAnswered]) -> None:
         """The wallet held the diamonds (pay them out) or refused (insufficient_diamonds).
@@ -290,10 +287,3 @@ def _outcome(payout: Payout) -> Event:
     return PayoutFailed(
         request_id=payout.request_id, creator_id=payout.creator_id, reason=payout.reason
     )
-
-
-def _refuse_if_different(known_fingerprint: str, request: PayoutRequested) -> None:
-    if known_fingerprint != domain.fingerprint(request):
-        raise IdempotencyConflictError(
-            f"request_id {request.request_id!r} was used before for a different payout"
-        )

@@ -35,7 +35,7 @@ bench: up ## purchases and gifts end to end on the running stack: throughput and
 	$(PY) -m benchmarks.gifts --count 10000 --rate 500
 
 docs: install ## regenerate docs/asyncapi.json and docs/schemas/*.json from the code
-	$(PY) -m shared.asyncapi
+	$(PY) -m devstack.asyncapi
 
 lint: install ## ruff (lint + format) and mypy --strict
 	$(VENV)/bin/ruff check .

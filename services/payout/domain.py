@@ -13,6 +13,9 @@ from typing import Literal
 from shared.contracts import PayoutFailureReason, PayoutRequested
 from shared.money import Money
 
+MAX_DIAMONDS = 10**14
+"""More than any creator can hold; a larger request is nonsense, not a ledger overflow."""
+
 Status = Literal["holding", "held", "unknown", "completed", "failed"]
 """holding: the wallet is asked to reserve the diamonds; held: reserved, the provider
 is being paid; unknown: the provider's answer was lost, reconciliation will ask;
@@ -66,7 +69,7 @@ def refusal(
     request: PayoutRequested, creator: Creator | None, rules: PayoutRules, paid_today_usd_minor: int
 ) -> PayoutFailureReason | None:
     """Why the payout must not even reserve diamonds, or None when it may."""
-    if request.diamonds <= 0:
+    if not 0 < request.diamonds <= MAX_DIAMONDS:
         return "invalid_request"
     if creator is None or not creator.verified:
         return "not_verified"

@@ -173,6 +173,7 @@ async def test_every_refusal_reason_reaches_kafka(cashier: Cashier, reader: Topi
         "insufficient_diamonds": payout_request(poor, 3_000),
         "provider_rejected": payout_request(rejected, 2_000),
         "invalid_request (no diamonds)": payout_request(rich, 0),
+        "invalid_request (absurd)": payout_request(rich, 10**30),
         "invalid_request (currency)": payout_request(odd_currency, 2_000),
     }
     found = await cash_out(cashier, reader, list(cases.values()))

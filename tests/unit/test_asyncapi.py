@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 from faststream.specification.asyncapi.v3_0_0.schema import ApplicationSchema
 
+from devstack import asyncapi
 from services.gifting import handlers as gifting_handlers
 from services.payment import handlers as payment_handlers
 from services.payout import handlers as payout_handlers
 from services.wallet import handlers as wallet_handlers
-from shared import asyncapi, contracts, topics
+from shared import contracts, topics
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILDERS = {
@@ -152,7 +153,7 @@ def constructed_events(service: str) -> set[str]:
 def test_what_a_service_publishes_is_documented(document: dict[str, Any], service: str) -> None:
     declared = {event.__name__ for event in asyncapi.PUBLISHES[service]}
     assert declared == constructed_events(service), (
-        f"shared.asyncapi.PUBLISHES[{service!r}] differs from the events "
+        f"devstack.asyncapi.PUBLISHES[{service!r}] differs from the events "
         f"services/{service}/ constructs; update it and run `make docs`"
     )
     for event in asyncapi.PUBLISHES[service]:

@@ -1,7 +1,7 @@
 """The Kafka interface as documents, generated from the code: AsyncAPI and JSON Schemas.
 
-`python -m shared.asyncapi` (`make docs`) writes `docs/asyncapi.json` and one JSON Schema
-per topic in `docs/schemas/<topic>.json`; `python -m shared.asyncapi --check` writes
+`python -m devstack.asyncapi` (`make docs`) writes `docs/asyncapi.json` and one JSON Schema
+per topic in `docs/schemas/<topic>.json`; `python -m devstack.asyncapi --check` writes
 nothing and exits 1 naming every file that differs from what the code generates.
 `tests/unit/test_asyncapi.py` runs the check, so the documents cannot drift.
 
@@ -338,7 +338,7 @@ def build_broker() -> KafkaBroker:
 def build_app() -> FastStream:
     """A FastStream application describing the whole system, for documentation only.
 
-    `faststream docs gen --factory shared.asyncapi:build_app` works on it too.
+    `faststream docs gen --factory devstack.asyncapi:build_app` works on it too.
     """
     return FastStream(
         build_broker(),
@@ -348,7 +348,7 @@ def build_app() -> FastStream:
             description=(
                 "The Kafka interface of coinstream's four services (payment, wallet, "
                 "gifting, payout), generated from the code by `make docs` "
-                "(`python -m shared.asyncapi`); do not edit by hand.\n\n"
+                "(`python -m devstack.asyncapi`); do not edit by hand.\n\n"
                 "Every message is one JSON object, UTF-8, keyed by the id its description "
                 "names (as a UTF-8 string), so one account's messages stay in order. "
                 "Unknown fields are ignored; a message that is not JSON, misses a required "
@@ -440,7 +440,7 @@ def write(docs_dir: Path = DOCS_DIR) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m shared.asyncapi",
+        prog="python -m devstack.asyncapi",
         description="Regenerate docs/asyncapi.json and docs/schemas/ from the code.",
     )
     parser.add_argument(

@@ -24,7 +24,7 @@ def _payout(row: asyncpg.Record) -> Payout:
         request_id=row["request_id"],
         payout_id=row["payout_id"],
         creator_id=row["creator_id"],
-        diamonds=row["diamonds"],
+        diamonds=int(row["diamonds"]),
         status=row["status"],
         fingerprint=row["fingerprint"],
         reason=row["reason"],
@@ -106,7 +106,7 @@ class PayoutRepository:
                                  fingerprint, amount_minor, currency, payout_method, usd_minor,
                                  requested_at, hold_deadline)
             SELECT *, $13::timestamptz
-            FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::text[], $6::text[],
                         $7::text[], $8::bigint[], $9::text[], $10::text[], $11::bigint[],
                         $12::timestamptz[])
             ON CONFLICT (request_id) DO NOTHING

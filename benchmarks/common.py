@@ -16,6 +16,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from shared.kafka_client import KafkaClientSettings
+
 Request = tuple[str, bytes, str]
 """(Kafka key, JSON value, request_id) of one request to publish."""
 
@@ -58,8 +60,8 @@ def run_id() -> str:
     return uuid.uuid4().hex[:6]
 
 
-def producer(bootstrap: str) -> AIOKafkaProducer:
-    return AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+def producer(kafka: KafkaClientSettings) -> AIOKafkaProducer:
+    return AIOKafkaProducer(**kafka.client_options(), linger_ms=5, acks="all")
 
 
 async def publish(
@@ -83,12 +85,12 @@ async def publish(
     await asyncio.gather(*pending)
 
 
-async def listening(bootstrap: str, *topic_names: str) -> AIOKafkaConsumer:
+async def listening(kafka: KafkaClientSettings, *topic_names: str) -> AIOKafkaConsumer:
     """A consumer of `topic_names` in a group of its own, reading only what comes next."""
     consumer = AIOKafkaConsumer(
         *topic_names,
-        bootstrap_servers=bootstrap,
-        group_id=f"bench-{uuid.uuid4().hex[:8]}",
+        **kafka.client_options(),
+        group_id=f"app-bench-{uuid.uuid4().hex[:8]}",
         auto_offset_reset="latest",
         enable_auto_commit=False,
         max_poll_records=5000,

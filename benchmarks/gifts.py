@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaProducer
 from benchmarks import common
 from benchmarks.common import Outcomes, Published, Request
 from shared import topics
+from shared.kafka_client import KafkaClientSettings
 from shared.settings import InfraSettings
 
 GIFTING_URL = "http://127.0.0.1:8083"
@@ -122,7 +123,7 @@ def purchases(needed: dict[str, int]) -> list[Request]:
 
 
 async def seed(
-    bootstrap: str, producer: AIOKafkaProducer, batch: list[Request], wait_s: float
+    kafka: KafkaClientSettings, producer: AIOKafkaProducer, batch: list[Request], wait_s: float
 ) -> float:
     """Publish the purchases and wait for every credit; the seconds it took."""
     published, credits = Published(), Outcomes()
@@ -138,7 +139,7 @@ async def seed(
     def done() -> bool:
         return len(credits) + len(failures) >= len(batch)
 
-    consumer = await common.listening(bootstrap, topics.COINS_CREDITED, topics.PURCHASE_FAILED)
+    consumer = await common.listening(kafka, topics.COINS_CREDITED, topics.PURCHASE_FAILED)
     try:
         collector = asyncio.create_task(common.consume(consumer, handle, done))
         await common.publish(producer, topics.PURCHASE_REQUESTED, batch, published, rate=0)
@@ -187,14 +188,18 @@ class GiftRun:
 
 
 async def send_gifts(
-    bootstrap: str, producer: AIOKafkaProducer, batch: list[Gift], rate: float, wait_s: float
+    kafka: KafkaClientSettings,
+    producer: AIOKafkaProducer,
+    batch: list[Gift],
+    rate: float,
+    wait_s: float,
 ) -> GiftRun:
     """Publish the gift requests at `rate` and wait for every outcome and credit."""
     run = GiftRun(count=len(batch))
     occurred_at = datetime.now(UTC).isoformat()
     requests = [gift.request(occurred_at) for gift in batch]
     consumer = await common.listening(
-        bootstrap, topics.GIFT_SENT, topics.GIFT_REJECTED, topics.DIAMONDS_CREDITED
+        kafka, topics.GIFT_SENT, topics.GIFT_REJECTED, topics.DIAMONDS_CREDITED
     )
     try:
         collector = asyncio.create_task(common.consume(consumer, run.handle, run.done))
@@ -265,19 +270,19 @@ async def main() -> None:
         "--timeout", type=float, default=300, help="s to wait for outcomes once published"
     )
     args = parser.parse_args()
-    bootstrap = InfraSettings().kafka_bootstrap_servers
+    kafka = InfraSettings().kafka
     run_id = common.run_id()
     batch = gifts(args.count, args.senders, args.creators, run_id)
     needed = purchases_needed(batch)
-    producer = common.producer(bootstrap)
+    producer = common.producer(kafka)
     await producer.start()
     try:
-        seconds = await seed(bootstrap, producer, purchases(needed), args.timeout)
+        seconds = await seed(kafka, producer, purchases(needed), args.timeout)
         print(
             f"seeding:          {len(needed)} senders, {sum(needed.values())} purchases of "
             f"{PACKAGE_COINS:,} coins in {seconds:.2f} s"
         )
-        run = await send_gifts(bootstrap, producer, batch, args.rate, args.timeout)
+        run = await send_gifts(kafka, producer, batch, args.rate, args.timeout)
     finally:
         await producer.stop()
     report(run, args.rate)

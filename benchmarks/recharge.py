@@ -55,7 +55,7 @@ async def main() -> None:
     parser.add_argument("--rate", type=float, default=0, help="requests/s; 0 = unpaced")
     parser.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args()
-    bootstrap = InfraSettings().kafka_bootstrap_servers
+    kafka = InfraSettings().kafka
     published, credits = Published(), Outcomes()
     count: int = args.count
 
@@ -65,8 +65,8 @@ async def main() -> None:
     def done() -> bool:
         return len(credits) >= count
 
-    consumer = await common.listening(bootstrap, topics.COINS_CREDITED)
-    producer = common.producer(bootstrap)
+    consumer = await common.listening(kafka, topics.COINS_CREDITED)
+    producer = common.producer(kafka)
     await producer.start()
     try:
         batch = requests(args.count, common.run_id())

@@ -71,7 +71,8 @@ from shared.contracts import (
     PurchaseReversed,
     SpendingLimitUpdated,
 )
-from shared.settings import LOCAL_KAFKA, ServiceSettings
+from shared.kafka_client import LOCAL_KAFKA
+from shared.settings import ServiceSettings
 
 DOCS_DIR: Final = Path(__file__).resolve().parent.parent / "docs"
 ASYNCAPI_FILE: Final = "asyncapi.json"

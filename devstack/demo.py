@@ -249,16 +249,16 @@ async def audit() -> None:
 
 
 async def main() -> None:
-    bootstrap = InfraSettings().kafka_bootstrap_servers
+    kafka = InfraSettings().kafka
     journey = Journey(uuid.uuid4().hex[:4])
     consumer = AIOKafkaConsumer(
         *WATCHED,
-        bootstrap_servers=bootstrap,
-        group_id=f"demo-{uuid.uuid4().hex[:8]}",  # a group of its own, reading from now on
+        **kafka.client_options(),
+        group_id=f"app-demo-{uuid.uuid4().hex[:8]}",  # a group of its own, reading from now on
         auto_offset_reset="latest",
         enable_auto_commit=False,
     )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
+    producer = AIOKafkaProducer(**kafka.client_options(), enable_idempotence=True)
     await consumer.start()
     await producer.start()
     async with httpx.AsyncClient(timeout=10) as http:

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devstack.errors import DevstackError
+from devstack.secrets import Secrets
+from shared import acl
+from shared.kafka_client import KafkaClientSettings
 from shared.migrations import SERVICES
 
 REPO_ROOT: Path = Path(__file__).resolve().parent.parent
@@ -18,10 +21,30 @@ REPO_ROOT: Path = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class Endpoints:
-    """Where a stack's Kafka and PostgreSQL answer; what services and tests connect to."""
+    """Where a stack's Kafka and PostgreSQL answer, and how each component logs in.
+
+    `secrets`: the local stack's (SASL SCRAM over TLS, one Kafka user per principal).
+    `kafka_settings`: for a Kafka this stack does not run, the client settings every
+    component uses (read from the `KAFKA_*` environment). Neither: plaintext, no users.
+    """
 
     kafka_bootstrap: str
     database_url: str
+    secrets: Secrets | None = None
+    kafka_settings: KafkaClientSettings | None = None
+
+    def kafka(self, principal: str = acl.OPERATOR) -> KafkaClientSettings:
+        """The Kafka client settings of `principal` (`app`, `operator` or a service)."""
+        if self.kafka_settings is not None:
+            return self.kafka_settings
+        if self.secrets is None:
+            return KafkaClientSettings(bootstrap_servers=self.kafka_bootstrap)
+        return self.secrets.kafka_client(principal, self.kafka_bootstrap)
+
+    @property
+    def secured(self) -> bool:
+        """Whether each component is its own Kafka principal (ACLs apply)."""
+        return self.secrets is not None and self.kafka_settings is None
 
 
 @dataclass(frozen=True)
@@ -67,11 +90,17 @@ class Instance:
         return Path("/var/lib/coinstream") / checkout / self.name / "postgres"
 
     @property
+    def secrets(self) -> Secrets:
+        """Passwords, TLS files and keys of this instance (`.stack/<name>/secrets`)."""
+        return Secrets(self.root / "secrets")
+
+    @property
     def local_endpoints(self) -> Endpoints:
         """The addresses of this instance's own Kafka and PostgreSQL."""
         return Endpoints(
             kafka_bootstrap=f"127.0.0.1:{self.kafka_port}",
             database_url=f"postgresql://coinstream@127.0.0.1:{self.postgres_port}/coinstream",
+            secrets=self.secrets,
         )
 
     def service_port(self, service: str, replica: int = 0) -> int:

@@ -12,6 +12,7 @@ from devstack.errors import DevstackError
 from devstack.instances import Instance
 from devstack.procs import live_pid, locked, run, say, spawn, stop, wait_ready
 from shared.kafka_admin import kafka_answers
+from shared.kafka_client import KafkaClientSettings
 
 HERE = Path(__file__).resolve().parent / "kafka"
 POM = HERE / "pom.xml"
@@ -144,7 +145,7 @@ def pid(instance: Instance) -> int | None:
 
 async def ensure_running(instance: Instance) -> None:
     """Start the instance's broker unless it runs, then wait until it answers."""
-    bootstrap = instance.local_endpoints.kafka_bootstrap
+    kafka = instance.local_endpoints.kafka()
     log = instance.log("kafka")
     already = pid(instance) is not None
     started = time.monotonic()
@@ -161,24 +162,25 @@ async def ensure_running(instance: Instance) -> None:
         )
     await wait_ready(
         "kafka",
-        lambda: kafka_answers(bootstrap, timeout_s=2.0),
+        lambda: kafka_answers(kafka, timeout_s=2.0),
         log=log,
         timeout_s=120.0,
         alive=lambda: pid(instance) is not None,
     )
     took = time.monotonic() - started
-    say(f"kafka {'already running' if already else f'ready in {took:.1f}s'} ({bootstrap})")
+    say(f"kafka {'already running' if already else f'ready in {took:.1f}s'} ({kafka.describe()})")
 
 
-async def wait_external(bootstrap: str) -> None:
-    """Wait for a broker this stack does not run (KAFKA_BOOTSTRAP_SERVERS)."""
+async def wait_external(kafka: KafkaClientSettings) -> None:
+    """Wait for a broker this stack does not run (KAFKA_BOOTSTRAP_SERVERS and the other
+    KAFKA_* settings of the environment)."""
     took = await wait_ready(
-        f"kafka at {bootstrap}",
-        lambda: kafka_answers(bootstrap, timeout_s=2.0),
+        f"kafka at {kafka.describe()}",
+        lambda: kafka_answers(kafka, timeout_s=2.0),
         log=None,
         timeout_s=30.0,
     )
-    say(f"kafka (external) answers in {took:.1f}s ({bootstrap})")
+    say(f"kafka (external) answers in {took:.1f}s ({kafka.describe()})")
 
 
 async def stop_broker(instance: Instance) -> bool:

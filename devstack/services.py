@@ -15,6 +15,7 @@ import httpx
 from devstack.errors import DevstackError
 from devstack.instances import REPO_ROOT, Endpoints, Instance
 from devstack.procs import live_pid, say, spawn, stop, wait_ready
+from shared import acl
 from shared.migrations import SERVICES
 
 
@@ -42,11 +43,13 @@ def _pid_file(instance: Instance, name: str) -> Path:
     return instance.run / f"{name}.pid"
 
 
-def infra_env(endpoints: Endpoints) -> dict[str, str]:
-    """This process's environment pointed at the given Kafka and PostgreSQL."""
+def infra_env(endpoints: Endpoints, principal: str = acl.OPERATOR) -> dict[str, str]:
+    """This process's environment pointed at the given Kafka and PostgreSQL, with the
+    Kafka settings of `principal` (none of this process's own KAFKA_* settings leak in)."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("KAFKA_")}
     return {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": endpoints.kafka_bootstrap,
+        **inherited,
+        **endpoints.kafka(principal).environment(),
         "DATABASE_URL": endpoints.database_url,
     }
 
@@ -84,7 +87,7 @@ async def start_service(
     already = pid is not None
     if pid is None:
         process_env = {
-            **infra_env(endpoints),
+            **infra_env(endpoints, service),
             "HTTP_PORT": str(port),
             "PYTHONUNBUFFERED": "1",  # log lines reach the log file as they happen
             **(env or {}),

@@ -19,6 +19,7 @@ from devstack.services import (
     stop_all_services,
 )
 from shared.kafka_admin import kafka_answers
+from shared.kafka_client import KafkaClientSettings
 from shared.migrations import SERVICES
 
 
@@ -60,14 +61,18 @@ async def _ensure_infra(
     started = time.monotonic()
     _preflight(start_kafka=kafka_bootstrap is None, start_postgres=database_url is None)
     local = instance.local_endpoints
+    external = (
+        None if kafka_bootstrap is None else KafkaClientSettings(bootstrap_servers=kafka_bootstrap)
+    )
     endpoints = Endpoints(
-        kafka_bootstrap or local.kafka_bootstrap, database_url or local.database_url
+        kafka_bootstrap or local.kafka_bootstrap,
+        database_url or local.database_url,
+        secrets=local.secrets,
+        kafka_settings=external,
     )
     # Side by side: the broker's JVM start and initdb/pg_ctl do not wait for each other.
     await _all(
-        kafka.ensure_running(instance)
-        if kafka_bootstrap is None
-        else kafka.wait_external(kafka_bootstrap),
+        kafka.ensure_running(instance) if external is None else kafka.wait_external(external),
         postgres.ensure_running(instance)
         if database_url is None
         else postgres.wait_external(database_url),
@@ -128,7 +133,7 @@ async def status(instance: Instance) -> list[ComponentStatus]:
     pids = running_services(instance)
     urls = {service: f"http://127.0.0.1:{instance.service_port(service)}" for service in SERVICES}
     answers = await asyncio.gather(
-        kafka_answers(local.kafka_bootstrap, timeout_s=2.0),
+        kafka_answers(local.kafka(), timeout_s=2.0),
         postgres.answers(local.database_url),
         *(http_ready(url) for url in urls.values()),
     )

@@ -22,7 +22,8 @@ from shared.settings import ServiceSettings
 def make_broker(settings: ServiceSettings, registry: CollectorRegistry) -> KafkaBroker:
     """A broker whose producer is idempotent and waits for every in-sync replica."""
     return KafkaBroker(
-        settings.kafka_bootstrap_servers,
+        settings.kafka.bootstrap_servers,
+        security=settings.kafka.faststream_security(),
         client_id=f"coinstream-{settings.service_name}",
         enable_idempotence=True,
         acks="all",
@@ -41,7 +42,7 @@ def relay_producer(settings: ServiceSettings) -> AIOKafkaProducer:
     tenth of a busy service's CPU), and the records of one batch share produce requests.
     """
     return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **settings.kafka.client_options(),
         client_id=f"coinstream-{settings.service_name}-relay",
         enable_idempotence=True,
         acks="all",

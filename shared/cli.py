@@ -18,6 +18,7 @@ from rich.text import Text
 
 from shared import contracts, dead_letters, kafka_admin, migrations
 from shared.dead_letters import DeadLetter, DeadLetterError, Replayed
+from shared.kafka_client import KafkaClientSettings
 from shared.settings import InfraSettings
 
 app = typer.Typer(no_args_is_help=True, help="Operate a coinstream deployment.")
@@ -34,7 +35,7 @@ def topics() -> None:
     settings = InfraSettings()
     created = asyncio.run(
         kafka_admin.ensure_topics(
-            settings.kafka_bootstrap_servers,
+            settings.kafka,
             partitions=settings.topic_partitions,
             replication_factor=settings.topic_replication_factor,
         )
@@ -78,12 +79,12 @@ def publish(
         if model is None:
             raise typer.BadParameter(f"no contract key known for {topic!r}; pass --key")
         key = str(body[model.key_field])
-    asyncio.run(_publish(InfraSettings().kafka_bootstrap_servers, topic, key, message.encode()))
+    asyncio.run(_publish(InfraSettings().kafka, topic, key, message.encode()))
     typer.echo(f"published to {topic} with key {key}")
 
 
-async def _publish(bootstrap: str, topic: str, key: str, value: bytes) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
+async def _publish(kafka: KafkaClientSettings, topic: str, key: str, value: bytes) -> None:
+    producer = AIOKafkaProducer(**kafka.client_options(), enable_idempotence=True)
     await producer.start()
     try:
         await producer.send_and_wait(topic, value, key=key.encode())
@@ -167,7 +168,7 @@ def dlq_replay(
         if not letters:
             typer.echo(f"nothing to replay in {name}")
             return
-        replayed = [] if dry_run else asyncio.run(dead_letters.replay(_bootstrap(), letters))
+        replayed = [] if dry_run else asyncio.run(dead_letters.replay(_kafka(), letters))
     _print_replay(letters, replayed, dry_run=dry_run)
 
 
@@ -175,8 +176,8 @@ _out = Console(highlight=False)
 _err = Console(stderr=True, highlight=False)
 
 
-def _bootstrap() -> str:
-    return InfraSettings().kafka_bootstrap_servers
+def _kafka() -> KafkaClientSettings:
+    return InfraSettings().kafka
 
 
 @contextlib.contextmanager
@@ -190,13 +191,13 @@ def _operator_errors() -> Iterator[None]:
 
 
 async def _read(names: list[str], *, required: bool) -> list[DeadLetter]:
-    bootstrap = _bootstrap()
-    missing = sorted(set(names) - set(await dead_letters.existing_topics(bootstrap, names)))
+    kafka = _kafka()
+    missing = sorted(set(names) - set(await dead_letters.existing_topics(kafka, names)))
     if missing and required:
         raise DeadLetterError(f"topic {missing[0]} does not exist")
     if missing:
         _err.print(Text(f"warning: not created yet: {', '.join(missing)}"), style="yellow")
-    return await dead_letters.read(bootstrap, names)
+    return await dead_letters.read(kafka, names)
 
 
 def _parse_offset(text: str) -> tuple[int, int]:

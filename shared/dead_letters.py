@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient
 
 from shared import topics
+from shared.kafka_client import KafkaClientSettings
 
 DLQ_HEADER_PREFIX = "dlq."
 REPLAYED_FROM = "dlq.replayed-from"
@@ -133,9 +134,9 @@ def parse_offset(text: str) -> tuple[int, int]:
     return int(partition), int(offset)
 
 
-async def existing_topics(bootstrap: str, names: Iterable[str]) -> dict[str, list[int]]:
+async def existing_topics(kafka: KafkaClientSettings, names: Iterable[str]) -> dict[str, list[int]]:
     """The partitions of each of `names` that exists; missing topics are left out."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka.client_options())
     await admin.start()
     try:
         described = await admin.describe_topics(sorted(set(names)))
@@ -149,7 +150,7 @@ async def existing_topics(bootstrap: str, names: Iterable[str]) -> dict[str, lis
 
 
 async def read(
-    bootstrap: str, dlq_topics: Sequence[str], *, timeout_s: float = 60.0
+    kafka: KafkaClientSettings, dlq_topics: Sequence[str], *, timeout_s: float = 60.0
 ) -> list[DeadLetter]:
     """Every dead letter of these topics that exist, by topic, partition and offset (so
     the dead letters of one key, which share a partition, stay in their order).
@@ -157,12 +158,12 @@ async def read(
     Reads from the oldest record kept up to the end offsets taken at the start, without a
     consumer group; raises DeadLetterError if the end is not reached within `timeout_s`.
     """
-    found = await existing_topics(bootstrap, dlq_topics)
+    found = await existing_topics(kafka, dlq_topics)
     partitions = [TopicPartition(t, p) for t in dlq_topics if t in found for p in found[t]]
     if not partitions:
         return []
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        **kafka.client_options(), enable_auto_commit=False, auto_offset_reset="earliest"
     )
     await consumer.start()
     try:
@@ -227,7 +228,7 @@ def select_offsets(
     return [by_position[pair] for pair in dict.fromkeys(wanted)]
 
 
-async def replay(bootstrap: str, letters: Sequence[DeadLetter]) -> list[Replayed]:
+async def replay(kafka: KafkaClientSettings, letters: Sequence[DeadLetter]) -> list[Replayed]:
     """Publish each dead letter again to its original topic, in the order given.
 
     Same key, same value; headers without the `dlq.*` ones plus `dlq.replayed-from`.
@@ -235,11 +236,11 @@ async def replay(bootstrap: str, letters: Sequence[DeadLetter]) -> list[Replayed
     is acknowledged before the next is sent. The dead letters stay where they are.
     """
     targets = {letter.original_topic for letter in letters}
-    missing = sorted(targets - set(await existing_topics(bootstrap, targets)))
+    missing = sorted(targets - set(await existing_topics(kafka, targets)))
     if missing:
         raise DeadLetterError(f"original topic(s) do not exist: {', '.join(missing)}")
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+        **kafka.client_options(),
         client_id="coinstream-dlq-replay",
         enable_idempotence=True,
         acks="all",

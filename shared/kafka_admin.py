@@ -6,11 +6,12 @@ import contextlib
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from shared.kafka_client import KafkaClientSettings
 from shared.topics import all_topics
 
 
 async def ensure_topics(
-    bootstrap_servers: str,
+    kafka: KafkaClientSettings,
     *,
     partitions: int,
     replication_factor: int,
@@ -18,7 +19,7 @@ async def ensure_topics(
 ) -> list[str]:
     """Create the topics that do not exist yet; returns the names created."""
     wanted = topics if topics is not None else all_topics()
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = AIOKafkaAdminClient(**kafka.client_options())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -33,11 +34,10 @@ async def ensure_topics(
         await admin.close()
 
 
-async def kafka_answers(bootstrap_servers: str, *, timeout_s: float = 5.0) -> bool:
-    """True when a broker answers a metadata request (an open port is not enough)."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout_s * 1000)
-    )
+async def kafka_answers(kafka: KafkaClientSettings, *, timeout_s: float = 5.0) -> bool:
+    """True when a broker answers a metadata request (an open port is not enough) to a
+    client that authenticated with these settings."""
+    admin = AIOKafkaAdminClient(**kafka.client_options(), request_timeout_ms=int(timeout_s * 1000))
     try:
         async with asyncio.timeout(timeout_s):
             await admin.start()

@@ -1,23 +1,46 @@
 """Settings from environment variables, with the local stack (`make up`) as default."""
 
-from typing import ClassVar
+import os
+from typing import Any, ClassVar
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
-LOCAL_KAFKA: str = "127.0.0.1:9092"
+from shared.kafka_client import KafkaClientSettings
+
 LOCAL_DATABASE_URL: str = "postgresql://coinstream@127.0.0.1:55432/coinstream"
 
 
 class InfraSettings(BaseSettings):
-    """Where Kafka and PostgreSQL are; shared by services and operator commands."""
+    """Where Kafka and PostgreSQL are; shared by services and operator commands.
+
+    `kafka` reads the `KAFKA_*` variables of `shared.kafka_client` (address, SASL, TLS).
+    """
 
     model_config = SettingsConfigDict(extra="ignore")
 
-    kafka_bootstrap_servers: str = LOCAL_KAFKA
-    database_url: str = LOCAL_DATABASE_URL
+    kafka: KafkaClientSettings = Field(default_factory=KafkaClientSettings)
+    database_url: str = Field(default=LOCAL_DATABASE_URL, repr=False)
     topic_partitions: int = Field(default=6, ge=1)
     topic_replication_factor: int = Field(default=1, ge=1)
+
+
+class _OwnDatabaseUrl(PydanticBaseSettingsSource):
+    """`<SERVICE>_DATABASE_URL` (e.g. WALLET_DATABASE_URL): each service logs in as its
+    own PostgreSQL role; DATABASE_URL stays the fallback for a single-role setup."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        service: str = getattr(self.settings_cls, "service_name", "")
+        value = os.environ.get(f"{service.upper()}_DATABASE_URL") if service else None
+        return {"database_url": value} if value else {}
 
 
 class ServiceSettings(InfraSettings):
@@ -38,6 +61,18 @@ class ServiceSettings(InfraSettings):
     consumer_fetch_max_wait_ms: int = Field(default=500, ge=0)
     relay_batch_size: int = Field(default=500, ge=1)
     relay_poll_interval_s: float = Field(default=0.5, gt=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        own = _OwnDatabaseUrl(settings_cls)
+        return init_settings, own, env_settings, dotenv_settings, file_secret_settings
 
     def model_post_init(self, __context: object) -> None:
         if self.http_port == 0:

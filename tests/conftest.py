@@ -27,6 +27,7 @@ import pytest
 
 import devstack
 from shared.kafka_admin import kafka_answers
+from shared.kafka_client import KafkaClientSettings
 
 # The versions devstack and compose.yaml run (see docs/development.md for the pin).
 KAFKA_IMAGE = "apache/kafka:4.3.1"
@@ -46,7 +47,9 @@ def _external_stack() -> Infra | None:
     kafka = os.environ.get("COINSTREAM_TEST_KAFKA")
     database = os.environ.get("COINSTREAM_TEST_DATABASE_URL")
     if kafka and database:
-        return Infra(kafka, database, backend="external")
+        # Every component connects with the KAFKA_* settings of the environment.
+        settings = KafkaClientSettings(bootstrap_servers=kafka)
+        return Infra(kafka, database, kafka_settings=settings, backend="external")
     return None
 
 
@@ -121,7 +124,9 @@ async def _containers() -> AsyncIterator[Infra]:
         await asyncio.to_thread(running.enter_context, _kafka_container(port))
         bootstrap = f"127.0.0.1:{port}"
         deadline = time.monotonic() + 120
-        while not await kafka_answers(bootstrap):  # a metadata answer, not an open port
+        while not await kafka_answers(
+            KafkaClientSettings(bootstrap_servers=bootstrap)
+        ):  # a metadata answer, not an open port
             if time.monotonic() > deadline:
                 raise RuntimeError(f"Kafka container did not answer on {bootstrap}")
             await asyncio.sleep(1)
@@ -152,7 +157,12 @@ async def infra() -> AsyncIterator[Infra]:
     else:
         instance = devstack.get_instance("test")
         endpoints = await devstack.ensure_infra(instance)  # runs the setup too
-        yield Infra(endpoints.kafka_bootstrap, endpoints.database_url, backend="devstack")
+        yield Infra(
+            endpoints.kafka_bootstrap,
+            endpoints.database_url,
+            secrets=endpoints.secrets,
+            backend="devstack",
+        )
         if os.environ.get("COINSTREAM_TEST_STOP") == "1":
             await devstack.down(instance)
 

@@ -17,6 +17,8 @@ import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from starlette.applications import Starlette
 
+from devstack import Endpoints
+from shared import acl
 from shared.topics import all_topics
 
 T = TypeVar("T")
@@ -64,10 +66,16 @@ async def eventually(
 
 
 async def publish(
-    bootstrap: str, topic: str, messages: list[tuple[str, bytes | dict[str, Any]]]
+    infra: Endpoints,
+    topic: str,
+    messages: list[tuple[str, bytes | dict[str, Any]]],
+    *,
+    principal: str | None = None,
 ) -> None:
-    """Publish (key, value) pairs in order, as an upstream app would."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
+    """Publish (key, value) pairs in order, as the component that writes `topic` would:
+    an upstream app (`app`) for a request, else the service that publishes it."""
+    kafka = infra.kafka(principal or acl.owner_of(topic))
+    producer = AIOKafkaProducer(**kafka.client_options(), enable_idempotence=True)
     await producer.start()
     try:
         for key, value in messages:
@@ -77,15 +85,25 @@ async def publish(
         await producer.stop()
 
 
-async def skip_history(bootstrap: str, group_ids: list[str]) -> None:
+async def session_groups(infra: Endpoints, prefix: str) -> None:
+    """Make `<prefix>-<service>` the services' consumer groups for this test session:
+    allowed to each service's principal (as an operator would for another
+    CONSUMER_GROUP_PREFIX) and starting at today's end of every topic."""
+    if infra.secured:
+        await acl.apply(infra.kafka(acl.OPERATOR), acl.group_acls(prefix))
+    await skip_history(infra, [f"{prefix}-{service}" for service in acl.SERVICES])
+
+
+async def skip_history(infra: Endpoints, group_ids: list[str]) -> None:
     """Commit the current end of every topic for these new consumer groups.
 
     A new group starts at the earliest offset, so without this every test session's
     services would first replay everything all earlier sessions published (thousands
     of purchases, growing with each run) before reaching the test's own messages.
     """
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)  # asks for partitions
-    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    kafka = infra.kafka(acl.OPERATOR)  # commits offsets of other principals' groups
+    producer = AIOKafkaProducer(**kafka.client_options())  # asks for partitions
+    reader = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False)
     await producer.start()
     await reader.start()
     try:
@@ -100,7 +118,7 @@ async def skip_history(bootstrap: str, group_ids: list[str]) -> None:
         await producer.stop()
     for group_id in group_ids:
         committer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False
+            **kafka.client_options(), group_id=group_id, enable_auto_commit=False
         )
         await committer.start()
         try:
@@ -112,9 +130,10 @@ async def skip_history(bootstrap: str, group_ids: list[str]) -> None:
 
 @dataclass
 class TopicReader:
-    """Reads topics from the beginning (no group, no commits) and keeps what it saw."""
+    """Reads topics from the beginning (no group, no commits) and keeps what it saw,
+    as the operator (it may read every topic, internal ones included)."""
 
-    bootstrap: str
+    infra: Endpoints
     topics: tuple[str, ...]
     records: list[ConsumerRecord[bytes, bytes]] = field(default_factory=list)
     # (topic, JSON object or None), parsed once per record: the topics' history is long
@@ -126,7 +145,7 @@ class TopicReader:
     async def __aenter__(self) -> "TopicReader":
         self._consumer = AIOKafkaConsumer(
             *self.topics,
-            bootstrap_servers=self.bootstrap,
+            **self.infra.kafka(acl.OPERATOR).client_options(),
             auto_offset_reset="earliest",
             enable_auto_commit=False,
         )

@@ -1,5 +1,6 @@
 """The four services as separate processes against the session's real infrastructure."""
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ import pytest
 import devstack
 from devstack.instances import Instance
 from shared import migrations
-from tests.support import create_database, drop_database, skip_history
+from tests.support import create_database, drop_database, session_groups
 
 
 @dataclass
@@ -49,10 +50,10 @@ async def stack(infra: Any) -> AsyncIterator[Stack]:
         await devstack.stop_service(instance, service)
     prefix = f"e2e-{uuid.uuid4().hex[:8]}"
     # New groups would replay every earlier session's messages first; start at the end.
-    await skip_history(infra.kafka_bootstrap, [f"{prefix}-{s}" for s in migrations.SERVICES])
+    await session_groups(infra, prefix)
     running = Stack(
         instance,
-        devstack.Endpoints(infra.kafka_bootstrap, database_url),
+        dataclasses.replace(infra, database_url=database_url),
         env={
             "CONSUMER_GROUP_PREFIX": prefix,
             "RELAY_POLL_INTERVAL_S": "0.2",

@@ -58,9 +58,7 @@ async def buy(
         )
         for n in range(count)
     ]
-    await publish(
-        infra.kafka_bootstrap, topics.PURCHASE_REQUESTED, [(r["user_id"], r) for r in requests]
-    )
+    await publish(infra, topics.PURCHASE_REQUESTED, [(r["user_id"], r) for r in requests])
     return await reader.wait_for_all(
         topics.PURCHASE_COMPLETED, "request_id", [r["request_id"] for r in requests], timeout_s=120
     )
@@ -79,7 +77,7 @@ async def register_creators(
     """Report creators as the identity system does: id -> (verified, method, currency).
     No event answers it, so wait until the payout service has kept each of them."""
     await publish(
-        infra.kafka_bootstrap,
+        infra,
         topics.CREATOR_UPDATED,
         [
             (

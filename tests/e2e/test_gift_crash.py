@@ -62,7 +62,7 @@ async def test_a_service_killed_mid_saga_leaves_every_gift_with_one_outcome(
     creators = [unique("star") for _ in range(3)]
     stream = {creator: unique("stream") for creator in creators}
     async with TopicReader(
-        infra.kafka_bootstrap,
+        infra,
         (topics.PURCHASE_COMPLETED, topics.COINS_CREDITED, topics.GIFT_SENT, topics.GIFT_REJECTED),
     ) as reader:
         await buy(stack, infra, reader, senders, len(senders), [("coins_70", 99)])
@@ -75,7 +75,7 @@ async def test_a_service_killed_mid_saga_leaves_every_gift_with_one_outcome(
 
         async def load() -> None:
             await publish(
-                infra.kafka_bootstrap,
+                infra,
                 topics.GIFT_REQUESTED,
                 [(r["sender_id"], r) for r in requests],
             )

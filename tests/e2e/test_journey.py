@@ -51,7 +51,7 @@ async def step(
 ) -> dict[str, list[tuple[str, Any]]]:
     """Publish requests as an upstream app does; each one's outcomes as (topic, reason or
     body)."""
-    await publish(infra.kafka_bootstrap, topic, [(r[key], r) for r in requests])
+    await publish(infra, topic, [(r[key], r) for r in requests])
     found = await outcomes_of(reader, WATCHED, [r["request_id"] for r in requests])
     return {
         request_id: [(t, b.get("reason", b)) for t, b in events]
@@ -80,7 +80,7 @@ async def test_purchase_gifts_and_payouts_end_in_exact_balances_and_a_clean_audi
             c4: (False, "po_bank_ok", "USD"),
         },
     )
-    async with TopicReader(infra.kafka_bootstrap, WATCHED) as reader:
+    async with TopicReader(infra, WATCHED) as reader:
         buys = [
             purchase_request(
                 user_id=u1, package_id="coins_17500", amount=24999, method="pm_card_flaky"

@@ -52,13 +52,11 @@ async def test_a_service_killed_mid_payout_pays_each_payout_at_most_once(
         for _ in range(3)
         for creator in creators
     ]
-    async with TopicReader(
-        infra.kafka_bootstrap, (topics.PAYOUT_COMPLETED, topics.PAYOUT_FAILED)
-    ) as reader:
+    async with TopicReader(infra, (topics.PAYOUT_COMPLETED, topics.PAYOUT_FAILED)) as reader:
 
         async def load() -> None:
             await publish(
-                infra.kafka_bootstrap,
+                infra,
                 topics.PAYOUT_REQUESTED,
                 [(r["creator_id"], r) for r in requests],
             )

@@ -35,7 +35,7 @@ async def test_every_service_is_ready_and_a_purchase_ends_as_coins(
             assert "coinstream_outbox_published" in metrics.text
     user = unique("user")
     request = purchase_request(user_id=user, package_id="coins_700", amount=999)
-    await publish(infra.kafka_bootstrap, topics.PURCHASE_REQUESTED, [(user, request)])
+    await publish(infra, topics.PURCHASE_REQUESTED, [(user, request)])
 
     await eventually(lambda: coins_become(stack, user, 700))
     async with httpx.AsyncClient() as http:
@@ -65,8 +65,8 @@ async def test_a_service_killed_mid_purchase_completes_it_exactly_once_after_res
     user = unique("user")
     first = purchase_request(user_id=user, package_id="coins_350", amount=499)
     watched = (topics.PURCHASE_COMPLETED, topics.COINS_CREDITED)
-    async with TopicReader(infra.kafka_bootstrap, watched) as reader:
-        await publish(infra.kafka_bootstrap, topics.PURCHASE_REQUESTED, [(user, first)])
+    async with TopicReader(infra, watched) as reader:
+        await publish(infra, topics.PURCHASE_REQUESTED, [(user, first)])
 
         async def died() -> bool:
             return not pid_alive(doomed.pid)
@@ -77,7 +77,7 @@ async def test_a_service_killed_mid_purchase_completes_it_exactly_once_after_res
         # Same key as the first purchase: once this is credited, any duplicate of the
         # first would have been applied too.
         second = purchase_request(user_id=user)
-        await publish(infra.kafka_bootstrap, topics.PURCHASE_REQUESTED, [(user, second)])
+        await publish(infra, topics.PURCHASE_REQUESTED, [(user, second)])
         await reader.wait_for(topics.COINS_CREDITED, user_id=user, amount=70)
         completions = reader.matching(topics.PURCHASE_COMPLETED, user_id=user)
         credits = reader.matching(topics.COINS_CREDITED, user_id=user)

@@ -19,9 +19,7 @@ async def test_the_wallet_killed_mid_batch_of_credits_leaves_every_balance_exact
     """300 purchases over 100 users at once; the wallet dies inside its first batch's
     transaction (after writing entries, balances, inbox and outbox, before commit)."""
     users = [unique("crowd") for _ in range(100)]
-    async with TopicReader(
-        infra.kafka_bootstrap, (topics.PURCHASE_COMPLETED, topics.COINS_CREDITED)
-    ) as reader:
+    async with TopicReader(infra, (topics.PURCHASE_COMPLETED, topics.COINS_CREDITED)) as reader:
         bought: dict[str, dict[str, Any]] = {}
 
         async def load() -> None:
@@ -51,16 +49,14 @@ async def test_the_wallet_killed_mid_batch_of_clawbacks_takes_every_reversal_bac
     """Chargebacks of half of 90 purchases over 30 users, through payment; the wallet
     dies inside its first batch of clawbacks and is restarted."""
     users = [unique("charged") for _ in range(30)]
-    async with TopicReader(
-        infra.kafka_bootstrap, (topics.PURCHASE_COMPLETED, topics.COINS_CLAWED_BACK)
-    ) as reader:
+    async with TopicReader(infra, (topics.PURCHASE_COMPLETED, topics.COINS_CLAWED_BACK)) as reader:
         bought = list((await buy(stack, infra, reader, users, 90)).values())
         await eventually(lambda: balances_become(stack, coins_by_user(bought)), timeout_s=120)
         charged_back = bought[::2]
 
         async def load() -> None:
             await publish(
-                infra.kafka_bootstrap,
+                infra,
                 topics.CHARGEBACK_RECEIVED,
                 [
                     (

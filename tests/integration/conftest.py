@@ -6,9 +6,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from shared import migrations
+from shared import acl, migrations
 from shared.settings import ServiceSettings
-from tests.support import create_database, drop_database, skip_history
+from tests.support import create_database, drop_database, session_groups
 
 S = TypeVar("S", bound=ServiceSettings)
 
@@ -32,9 +32,7 @@ async def group_prefix(infra: Any) -> str:
     earlier sessions left in the topics instead of replaying all of it.
     """
     prefix = f"it-{uuid.uuid4().hex[:8]}"
-    await skip_history(
-        infra.kafka_bootstrap, [f"{prefix}-{service}" for service in migrations.SERVICES]
-    )
+    await session_groups(infra, prefix)
     return prefix
 
 
@@ -44,7 +42,8 @@ def service_settings(infra: Any, database_url: str, group_prefix: str) -> Callab
 
     def build(cls: type[S], **overrides: Any) -> S:
         values: dict[str, Any] = {
-            "kafka_bootstrap_servers": infra.kafka_bootstrap,
+            # Each service as its own principal; a test's own settings class as the operator.
+            "kafka": infra.kafka(cls.service_name or acl.OPERATOR),
             "database_url": database_url,
             "consumer_group_prefix": group_prefix,
             "relay_poll_interval_s": 0.2,

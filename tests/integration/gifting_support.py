@@ -3,6 +3,7 @@
 from datetime import datetime
 from typing import Any
 
+from devstack import Endpoints
 from shared import topics
 from shared.contracts import utc_now
 from tests.integration.wallet_support import as_message, completed
@@ -35,14 +36,14 @@ def gift_request(
     return body
 
 
-async def send_gifts(bootstrap: str, requests: list[dict[str, Any]]) -> None:
-    await publish(bootstrap, topics.GIFT_REQUESTED, [(r["sender_id"], r) for r in requests])
+async def send_gifts(infra: Endpoints, requests: list[dict[str, Any]]) -> None:
+    await publish(infra, topics.GIFT_REQUESTED, [(r["sender_id"], r) for r in requests])
 
 
-async def fund(bootstrap: str, reader: TopicReader, coins: dict[str, int]) -> None:
+async def fund(infra: Endpoints, reader: TopicReader, coins: dict[str, int]) -> None:
     """Credit users through the wallet as payment does (purchase-completed) and wait."""
     purchases = [completed(user, coins=amount) for user, amount in coins.items()]
-    await publish(bootstrap, topics.PURCHASE_COMPLETED, [as_message(p) for p in purchases])
+    await publish(infra, topics.PURCHASE_COMPLETED, [as_message(p) for p in purchases])
     await reader.wait_for_all(
         topics.COINS_CREDITED, "payment_id", [p.payment_id for p in purchases], timeout_s=120
     )

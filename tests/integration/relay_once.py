@@ -1,4 +1,7 @@
-"""Run one outbox relay batch in a process of its own (the crash test kills it)."""
+"""Run one outbox relay batch in a process of its own (the crash test kills it).
+
+Arguments: the database URL and the schema; Kafka comes from the KAFKA_* environment.
+"""
 
 import asyncio
 import sys
@@ -15,8 +18,8 @@ class _Settings(ServiceSettings):
     pass
 
 
-async def main(dsn: str, schema: str, bootstrap: str) -> None:
-    settings = _Settings(kafka_bootstrap_servers=bootstrap, database_url=dsn)
+async def main(dsn: str, schema: str) -> None:
+    settings = _Settings(database_url=dsn)  # Kafka: the KAFKA_* environment
     registry = CollectorRegistry()
     producer = relay_producer(settings)
     db = Database(dsn, schema=schema)
@@ -36,4 +39,4 @@ async def main(dsn: str, schema: str, bootstrap: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:4]))
+    asyncio.run(main(*sys.argv[1:3]))

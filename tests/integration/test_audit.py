@@ -46,21 +46,17 @@ async def test_the_audit_passes_on_a_busy_ledger_of_credits_spending_and_clawbac
     early = [reversal(p) for p in purchases[0:200:8]]  # published before their credits
     late = [reversal(p) for p in purchases[4:200:8]]  # after, some once the coins are spent
     async with (
-        TopicReader(
-            infra.kafka_bootstrap, (topics.COINS_CREDITED, topics.COINS_CLAWED_BACK)
-        ) as reader,
+        TopicReader(infra, (topics.COINS_CREDITED, topics.COINS_CLAWED_BACK)) as reader,
         in_process(create_app(service_settings(WalletSettings))),
     ):
-        await publish(infra.kafka_bootstrap, topics.PURCHASE_REVERSED, list(map(as_message, early)))
-        await publish(
-            infra.kafka_bootstrap, topics.PURCHASE_COMPLETED, list(map(as_message, purchases))
-        )
+        await publish(infra, topics.PURCHASE_REVERSED, list(map(as_message, early)))
+        await publish(infra, topics.PURCHASE_COMPLETED, list(map(as_message, purchases)))
         await reader.wait_for_all(
             topics.COINS_CREDITED, "payment_id", [p.payment_id for p in purchases]
         )
         for user in users[4::8]:  # their purchases are all reversed late: they go negative
             await spend(database_url, user, 60)
-        await publish(infra.kafka_bootstrap, topics.PURCHASE_REVERSED, list(map(as_message, late)))
+        await publish(infra, topics.PURCHASE_REVERSED, list(map(as_message, late)))
         clawed = await reader.wait_for_all(
             topics.COINS_CLAWED_BACK, "payment_id", [undo.payment_id for undo in early + late]
         )

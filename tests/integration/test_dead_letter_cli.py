@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from faststream.kafka import KafkaBroker
 from prometheus_client import CollectorRegistry
 
+from devstack import Endpoints
 from services.wallet.main import create_app
 from services.wallet.settings import WalletSettings
 from shared import topics
@@ -42,13 +43,13 @@ class Ran:
         return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
 
 
-async def coinstream(bootstrap: str, *args: str) -> Ran:
+async def coinstream(infra: Endpoints, *args: str) -> Ran:
     """The real command in a process of its own, as an operator runs it."""
     process = await asyncio.create_subprocess_exec(
         str(COINSTREAM),
         *args,
         cwd=ROOT,
-        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "COLUMNS": "200"},
+        env={**os.environ, **infra.kafka().environment(), "COLUMNS": "200"},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -57,9 +58,9 @@ async def coinstream(bootstrap: str, *args: str) -> Ran:
     return Ran(process.returncode, out.decode(), err.decode())
 
 
-async def read_all(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
+async def read_all(infra: Endpoints, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record of `topic` up to its current end, oldest first in each partition."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**infra.kafka().client_options(), enable_auto_commit=False)
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
@@ -80,7 +81,7 @@ async def topic(infra: Any) -> str:
     """A topic of this test alone, with its dead-letter topic."""
     name = unique("test.dlq-cli")
     await ensure_topics(
-        infra.kafka_bootstrap,
+        infra.kafka(),
         partitions=PARTITIONS,
         replication_factor=1,
         topics=[name, topics.dlq(name)],
@@ -91,7 +92,8 @@ async def topic(infra: Any) -> str:
 @pytest.fixture
 async def dead_letters(infra: Any) -> AsyncIterator[DeadLetters]:
     """The services' own DeadLetters, on a broker of its own."""
-    broker = KafkaBroker(infra.kafka_bootstrap)
+    kafka = infra.kafka()
+    broker = KafkaBroker(kafka.bootstrap_servers, security=kafka.faststream_security())
     await broker.start()
     try:
         yield DeadLetters(broker, service="test", registry=CollectorRegistry())
@@ -107,7 +109,7 @@ async def dead_letter(
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Publish (key, value, reason) messages to `topic` with a header of their own, read
     them back, and dead-letter each as a service would; returns the original records."""
-    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap)
+    producer = AIOKafkaProducer(**infra.kafka().client_options())
     await producer.start()
     try:
         for key, value, _ in messages:
@@ -116,7 +118,7 @@ async def dead_letter(
             )
     finally:
         await producer.stop()
-    records = await read_all(infra.kafka_bootstrap, topic)
+    records = await read_all(infra, topic)
     by_key = {record.key: record for record in records}
     for key, _, reason in messages:
         await dead_letters.send(by_key[key.encode()], reason=reason, error=f"{reason} in {key}")
@@ -133,7 +135,7 @@ async def test_list_prints_every_dead_letter_with_its_coordinates_and_why(
         [("k-json", b"not json", "invalid_json"), ("k-msg", b'{"a": 1}', "invalid_message")],
     )
 
-    listed = await coinstream(infra.kafka_bootstrap, "dlq", "list", "--topic", topic, "--json")
+    listed = await coinstream(infra, "dlq", "list", "--topic", topic, "--json")
 
     assert listed.returncode == 0, listed.stderr
     rows = sorted(listed.json_lines(), key=lambda row: row["key"])
@@ -141,7 +143,7 @@ async def test_list_prints_every_dead_letter_with_its_coordinates_and_why(
         ("k-json", "not json", "invalid_json"),
         ("k-msg", '{"a": 1}', "invalid_message"),
     ]
-    dlq_records = {r.key: r for r in await read_all(infra.kafka_bootstrap, topics.dlq(topic))}
+    dlq_records = {r.key: r for r in await read_all(infra, topics.dlq(topic))}
     for row, original in zip(rows, sorted(originals, key=lambda r: r.key or b""), strict=True):
         stored = dlq_records[row["key"].encode()]
         assert (row["dlq_topic"], row["partition"], row["offset"]) == (
@@ -155,7 +157,7 @@ async def test_list_prints_every_dead_letter_with_its_coordinates_and_why(
         assert original.key == stored.key and original.value == stored.value
 
     # The dead-letter topic's own name works too; the human form has a table and counts.
-    human = await coinstream(infra.kafka_bootstrap, "dlq", "list", "--topic", topics.dlq(topic))
+    human = await coinstream(infra, "dlq", "list", "--topic", topics.dlq(topic))
     assert human.returncode == 0, human.stderr
     assert topics.dlq(topic) in human.stdout and "2 dead letter(s)" in human.stdout
     for row in rows:
@@ -164,7 +166,7 @@ async def test_list_prints_every_dead_letter_with_its_coordinates_and_why(
 
 
 async def test_an_empty_dead_letter_topic_says_so(infra: Any, topic: str) -> None:
-    listed = await coinstream(infra.kafka_bootstrap, "dlq", "list", "--topic", topic)
+    listed = await coinstream(infra, "dlq", "list", "--topic", topic)
 
     assert listed.returncode == 0, listed.stderr
     assert f"no dead letters in {topics.dlq(topic)}" in listed.stdout
@@ -179,12 +181,12 @@ async def test_replay_by_coordinates_republishes_that_dead_letter_alone(
         topic,
         [("k-1", b'{"n": 1}', "processing_failed"), ("k-2", b'{"n": 2}', "processing_failed")],
     )
-    dlq_records = {r.key: r for r in await read_all(infra.kafka_bootstrap, topics.dlq(topic))}
+    dlq_records = {r.key: r for r in await read_all(infra, topics.dlq(topic))}
     chosen = dlq_records[b"k-1"]
-    before = await read_all(infra.kafka_bootstrap, topic)
+    before = await read_all(infra, topic)
 
     ran = await coinstream(
-        infra.kafka_bootstrap,
+        infra,
         "dlq",
         "replay",
         "--topic",
@@ -196,7 +198,7 @@ async def test_replay_by_coordinates_republishes_that_dead_letter_alone(
     assert ran.returncode == 0, ran.stderr
     coordinates = f"{topics.dlq(topic)}:{chosen.partition}:{chosen.offset}"
     assert coordinates in ran.stdout and "replaying them again" in ran.stdout
-    [copy] = _new(before, await read_all(infra.kafka_bootstrap, topic))
+    [copy] = _new(before, await read_all(infra, topic))
     assert (copy.key, copy.value) == (b"k-1", b'{"n": 1}')
     headers = dict(copy.headers)
     assert headers["dlq.replayed-from"] == coordinates.encode()
@@ -215,14 +217,12 @@ async def test_replay_by_reason_takes_only_those(
         topic,
         [("k-a", b"a", "invalid_json"), ("k-b", b"b", "idempotency_conflict")],
     )
-    before = await read_all(infra.kafka_bootstrap, topic)
+    before = await read_all(infra, topic)
 
-    ran = await coinstream(
-        infra.kafka_bootstrap, "dlq", "replay", "--topic", topic, "--reason", "invalid_json"
-    )
+    ran = await coinstream(infra, "dlq", "replay", "--topic", topic, "--reason", "invalid_json")
 
     assert ran.returncode == 0, ran.stderr
-    after = await read_all(infra.kafka_bootstrap, topic)
+    after = await read_all(infra, topic)
     assert [(r.key, r.value) for r in _new(before, after)] == [(b"k-a", b"a")]
 
 
@@ -230,26 +230,24 @@ async def test_a_dry_run_publishes_nothing(
     infra: Any, dead_letters: DeadLetters, topic: str
 ) -> None:
     await dead_letter(infra, dead_letters, topic, [("k-dry", b"x", "invalid_json")])
-    before = await _ends(infra.kafka_bootstrap, topic)
+    before = await _ends(infra, topic)
 
-    ran = await coinstream(
-        infra.kafka_bootstrap, "dlq", "replay", "--topic", topic, "--all", "--dry-run"
-    )
+    ran = await coinstream(infra, "dlq", "replay", "--topic", topic, "--all", "--dry-run")
 
     assert ran.returncode == 0, ran.stderr
     assert "would replay" in ran.stdout and "k-dry" in ran.stdout
-    assert await _ends(infra.kafka_bootstrap, topic) == before
+    assert await _ends(infra, topic) == before
 
 
 async def test_unknown_coordinates_fail_and_publish_nothing(
     infra: Any, dead_letters: DeadLetters, topic: str
 ) -> None:
     await dead_letter(infra, dead_letters, topic, [("k-real", b"x", "invalid_json")])
-    real = (await read_all(infra.kafka_bootstrap, topics.dlq(topic)))[0]
-    before = await _ends(infra.kafka_bootstrap, topic)
+    real = (await read_all(infra, topics.dlq(topic)))[0]
+    before = await _ends(infra, topic)
 
     ran = await coinstream(
-        infra.kafka_bootstrap,
+        infra,
         "dlq",
         "replay",
         "--topic",
@@ -262,11 +260,11 @@ async def test_unknown_coordinates_fail_and_publish_nothing(
 
     assert ran.returncode != 0
     assert f"{real.partition}:{real.offset + 5}" in ran.stderr
-    assert await _ends(infra.kafka_bootstrap, topic) == before  # not even the known one
+    assert await _ends(infra, topic) == before  # not even the known one
 
 
 async def test_a_topic_that_does_not_exist_is_an_error(infra: Any) -> None:
-    ran = await coinstream(infra.kafka_bootstrap, "dlq", "list", "--topic", unique("no.such"))
+    ran = await coinstream(infra, "dlq", "list", "--topic", unique("no.such"))
 
     assert ran.returncode == 1 and "does not exist" in ran.stderr
 
@@ -281,11 +279,11 @@ async def test_a_dead_letter_of_a_running_service_is_listed(
     infra: Any, wallet: httpx.AsyncClient
 ) -> None:
     user = unique("user")
-    await publish(infra.kafka_bootstrap, topics.PURCHASE_COMPLETED, [(user, b"{not json")])
+    await publish(infra, topics.PURCHASE_COMPLETED, [(user, b"{not json")])
 
     async def listed() -> list[dict[str, Any]] | None:
         ran = await coinstream(
-            infra.kafka_bootstrap,
+            infra,
             "dlq",
             "list",
             "--topic",
@@ -302,8 +300,8 @@ async def test_a_dead_letter_of_a_running_service_is_listed(
     assert row["topic"] == topics.PURCHASE_COMPLETED and row["value"] == "{not json"
 
 
-async def _ends(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+async def _ends(infra: Endpoints, topic: str) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(**infra.kafka().client_options())
     await consumer.start()
     try:
         ends: dict[TopicPartition, int] = await consumer.end_offsets(

@@ -9,6 +9,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
 
 import devstack
+from devstack import Endpoints
 from shared.kafka_admin import ensure_topics
 from shared.migrations import SERVICES
 from shared.topics import all_topics
@@ -19,17 +20,17 @@ pytestmark = pytest.mark.integration
 
 async def test_kafka_carries_a_message_on_a_fresh_topic(infra: Infra) -> None:
     topic = f"devstack-check-{uuid.uuid4().hex[:12]}"
-    await ensure_topics(infra.kafka_bootstrap, partitions=1, replication_factor=1, topics=[topic])
+    await ensure_topics(infra.kafka(), partitions=1, replication_factor=1, topics=[topic])
     try:
-        await _produce(infra.kafka_bootstrap, topic, key=b"user-1", value=b"hello")
-        record = await _consume_one(infra.kafka_bootstrap, topic)
+        await _produce(infra, topic, key=b"user-1", value=b"hello")
+        record = await _consume_one(infra, topic)
         assert (record.key, record.value) == (b"user-1", b"hello")
     finally:
-        await _delete_topic(infra.kafka_bootstrap, topic)
+        await _delete_topic(infra, topic)
 
 
 async def test_setup_created_every_topic(infra: Infra) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**infra.kafka().client_options())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -63,13 +64,13 @@ async def test_ensure_infra_again_is_harmless(infra: Infra) -> None:
     first = await devstack.ensure_infra(instance)
     second = await devstack.ensure_infra(instance)
 
-    assert first == second == devstack.Endpoints(infra.kafka_bootstrap, infra.database_url)
+    assert first == second == instance.local_endpoints
     assert await _infra_pids(instance) == before  # nothing restarted, nothing added
     assert all(before.values())
 
 
-async def _produce(bootstrap: str, topic: str, *, key: bytes, value: bytes) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
+async def _produce(infra: Endpoints, topic: str, *, key: bytes, value: bytes) -> None:
+    producer = AIOKafkaProducer(**infra.kafka().client_options(), enable_idempotence=True)
     await producer.start()
     try:
         await producer.send_and_wait(topic, value, key=key)
@@ -77,9 +78,9 @@ async def _produce(bootstrap: str, topic: str, *, key: bytes, value: bytes) -> N
         await producer.stop()
 
 
-async def _consume_one(bootstrap: str, topic: str) -> ConsumerRecord[bytes, bytes]:
+async def _consume_one(infra: Endpoints, topic: str) -> ConsumerRecord[bytes, bytes]:
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+        topic, **infra.kafka().client_options(), auto_offset_reset="earliest", group_id=None
     )
     await consumer.start()
     try:
@@ -88,8 +89,8 @@ async def _consume_one(bootstrap: str, topic: str) -> ConsumerRecord[bytes, byte
         await consumer.stop()
 
 
-async def _delete_topic(bootstrap: str, topic: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def _delete_topic(infra: Endpoints, topic: str) -> None:
+    admin = AIOKafkaAdminClient(**infra.kafka().client_options())
     await admin.start()
     try:
         await admin.delete_topics([topic])

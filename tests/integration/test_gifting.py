@@ -11,6 +11,7 @@ import asyncpg
 import httpx
 import pytest
 
+from devstack import Endpoints
 from services.gifting.main import create_app as create_gifting
 from services.gifting.settings import GiftingSettings
 from services.wallet.main import create_app as create_wallet
@@ -47,7 +48,7 @@ class Saga:
     wallet: httpx.AsyncClient
     gifting: httpx.AsyncClient
     clock: Clock
-    bootstrap: str
+    infra: Endpoints
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +58,12 @@ async def saga(service_settings: Callable[..., Any], infra: Any) -> AsyncIterato
     wallet_app = create_wallet(service_settings(WalletSettings), clock)
     gifting_app = create_gifting(service_settings(GiftingSettings, max_quantity=MAX_QUANTITY))
     async with in_process(wallet_app) as wallet, in_process(gifting_app) as gifting:
-        yield Saga(wallet, gifting, clock, infra.kafka_bootstrap)
+        yield Saga(wallet, gifting, clock, infra)
 
 
 @pytest.fixture
 async def reader(infra: Any) -> AsyncIterator[TopicReader]:
-    async with TopicReader(infra.kafka_bootstrap, READ) as reader:
+    async with TopicReader(infra, READ) as reader:
         yield reader
 
 
@@ -70,9 +71,9 @@ async def test_a_gift_moves_coins_to_revenue_and_diamonds_to_the_creator(
     saga: Saga, reader: TopicReader
 ) -> None:
     sender, creator = unique("viewer"), unique("creator")
-    await fund(saga.bootstrap, reader, {sender: 700})
+    await fund(saga.infra, reader, {sender: 700})
     request = gift_request(sender, creator, "love_bang", 3)
-    await send_gifts(saga.bootstrap, [request])
+    await send_gifts(saga.infra, [request])
 
     topic, sent = await one_outcome(reader, request)
     [debited] = await reader.wait_for(topics.COINS_DEBITED, request_id=request["request_id"])
@@ -108,9 +109,9 @@ async def test_one_two_and_three_roses_give_half_one_and_one_and_a_half_diamonds
     saga: Saga, reader: TopicReader
 ) -> None:
     sender, creator = unique("viewer"), unique("creator")
-    await fund(saga.bootstrap, reader, {sender: 70})
+    await fund(saga.infra, reader, {sender: 70})
     requests = [gift_request(sender, creator, "rose", n) for n in (1, 2, 3)]
-    await send_gifts(saga.bootstrap, requests)
+    await send_gifts(saga.infra, requests)
 
     found = await outcomes_of(reader, requests)
     sent = [found[r["request_id"]] for r in requests]
@@ -133,14 +134,14 @@ async def test_every_refusal_reason_reaches_kafka(
     sender, creator, poor, frozen = (unique(p) for p in ("viewer", "creator", "poor", "frozen"))
     await _add_gift(database_url, "retired_gift", coins=3, active=False)
     bought = completed(frozen, coins=70)
-    await publish(saga.bootstrap, topics.PURCHASE_COMPLETED, [as_message(bought)])
-    await fund(saga.bootstrap, reader, {sender: 350, poor: 4})
+    await publish(saga.infra, topics.PURCHASE_COMPLETED, [as_message(bought)])
+    await fund(saga.infra, reader, {sender: 350, poor: 4})
     await reader.wait_for(topics.COINS_CREDITED, payment_id=bought.payment_id)
     # The frozen user spends everything, then a chargeback takes the 70 coins back.
     spent_all = gift_request(frozen, creator, "panda", 14)
-    await send_gifts(saga.bootstrap, [spent_all])
+    await send_gifts(saga.infra, [spent_all])
     assert (await one_outcome(reader, spent_all))[0] == topics.GIFT_SENT
-    await publish(saga.bootstrap, topics.PURCHASE_REVERSED, [as_message(reversal(bought))])
+    await publish(saga.infra, topics.PURCHASE_REVERSED, [as_message(reversal(bought))])
     await reader.wait_for(topics.COINS_CLAWED_BACK, payment_id=bought.payment_id)
     await _set_limit(saga, reader, sender, "day", 300)
 
@@ -157,7 +158,7 @@ async def test_every_refusal_reason_reaches_kafka(
         "spending_limit_exceeded": gift_request(sender, creator, "sun_cream", 7),
         "account_frozen": gift_request(frozen, creator, "rose"),
     }
-    await send_gifts(saga.bootstrap, list(cases.values()))
+    await send_gifts(saga.infra, list(cases.values()))
     found = await outcomes_of(reader, list(cases.values()))
 
     assert {
@@ -176,13 +177,13 @@ async def test_a_duplicate_request_debits_once_and_has_one_outcome(
     saga: Saga, reader: TopicReader
 ) -> None:
     sender, creator = unique("viewer"), unique("creator")
-    await fund(saga.bootstrap, reader, {sender: 70})
+    await fund(saga.infra, reader, {sender: 70})
     request = gift_request(sender, creator, "panda", 2)
     later = gift_request(sender, creator, "rose")  # same key: handled after the duplicates
     conflicting = {**request, "quantity": 3}
-    await send_gifts(saga.bootstrap, [request, request])
+    await send_gifts(saga.infra, [request, request])
     await one_outcome(reader, request)
-    await send_gifts(saga.bootstrap, [request, conflicting, later])
+    await send_gifts(saga.infra, [request, conflicting, later])
     await one_outcome(reader, later)
     [dead] = await reader.wait_for(
         topics.dlq(topics.GIFT_REQUESTED), request_id=request["request_id"], quantity=3
@@ -200,12 +201,12 @@ async def test_bad_gift_requests_are_dead_lettered_and_the_next_is_answered(
     saga: Saga, reader: TopicReader
 ) -> None:
     sender, creator = unique("viewer"), unique("creator")
-    await fund(saga.bootstrap, reader, {sender: 70})
+    await fund(saga.infra, reader, {sender: 70})
     missing = {k: v for k, v in gift_request(sender, creator).items() if k != "gift_id"}
     wrong_type = {**gift_request(sender, creator), "quantity": "2"}
     after = gift_request(sender, creator)
     await publish(
-        saga.bootstrap,
+        saga.infra,
         topics.GIFT_REQUESTED,
         [(sender, b"{not json"), (sender, missing), (sender, wrong_type), (sender, after)],
     )
@@ -223,9 +224,9 @@ async def test_many_concurrent_gifts_never_overspend_and_all_are_answered(
 ) -> None:
     """70 coins, 40 Pandas (5 coins each) at once: 14 are sent, 26 refused, 0 left."""
     sender, creator = unique("viewer"), unique("creator")
-    await fund(saga.bootstrap, reader, {sender: 70})
+    await fund(saga.infra, reader, {sender: 70})
     requests = [gift_request(sender, creator, "panda") for _ in range(40)]
-    await send_gifts(saga.bootstrap, requests)
+    await send_gifts(saga.infra, requests)
 
     found = await outcomes_of(reader, requests)
 
@@ -245,13 +246,13 @@ async def test_a_hot_creator_gets_gifts_from_a_thousand_senders_exactly(
 ) -> None:
     creator, stream = unique("star"), unique("stream")
     senders = [unique("fan") for _ in range(1000)]
-    await fund(saga.bootstrap, reader, dict.fromkeys(senders, 70))
+    await fund(saga.infra, reader, dict.fromkeys(senders, 70))
     gifts = [("rose", 1), ("panda", 5), ("love_bang", 25)]
     requests = [
         gift_request(s, creator, gifts[n % 3][0], 1 + n % 2, stream_id=stream)
         for n, s in enumerate(senders)
     ]
-    await send_gifts(saga.bootstrap, requests)
+    await send_gifts(saga.infra, requests)
 
     found = await outcomes_of(reader, requests, timeout_s=120)
 
@@ -269,7 +270,7 @@ async def test_the_leaderboard_ranks_a_streams_senders_by_coins(
 ) -> None:
     creator, stream = unique("creator"), unique("stream")
     big, mid, small = (unique(p) for p in ("big", "mid", "small"))
-    await fund(saga.bootstrap, reader, {big: 700, mid: 700, small: 700})
+    await fund(saga.infra, reader, {big: 700, mid: 700, small: 700})
     requests = [
         gift_request(small, creator, "rose", 3, stream_id=stream),
         gift_request(big, creator, "sun_cream", 2, stream_id=stream),
@@ -278,7 +279,7 @@ async def test_the_leaderboard_ranks_a_streams_senders_by_coins(
         gift_request(mid, creator, "concert", 2, stream_id=stream),  # refused: no coins
         gift_request(small, creator, "panda", stream_id=None, video_id=unique("video")),
     ]
-    await send_gifts(saga.bootstrap, requests)
+    await send_gifts(saga.infra, requests)
     await outcomes_of(reader, requests)
 
     board = (await saga.gifting.get(f"/v1/streams/{stream}/leaderboard")).json()
@@ -326,20 +327,20 @@ async def test_a_spending_limit_holds_until_its_period_ends(
 ) -> None:
     """Limit 10 coins: 10 pass, the 11th is refused, and at the next period it passes."""
     sender, creator = unique("viewer"), unique("creator")
-    await fund(saga.bootstrap, reader, {sender: 70})
+    await fund(saga.infra, reader, {sender: 70})
     await _set_limit(saga, reader, sender, period, 10)
     try:
         saga.clock.now = datetime.fromisoformat(last_moment)
         reached = gift_request(sender, creator, "rose", 10)
-        await send_gifts(saga.bootstrap, [reached])
+        await send_gifts(saga.infra, [reached])
         assert (await one_outcome(reader, reached))[0] == topics.GIFT_SENT
         over = gift_request(sender, creator, "rose")
-        await send_gifts(saga.bootstrap, [over])
+        await send_gifts(saga.infra, [over])
         assert (await one_outcome(reader, over))[1]["reason"] == "spending_limit_exceeded"
 
         saga.clock.now = datetime.fromisoformat(next_moment)
         renewed = gift_request(sender, creator, "rose", 10)
-        await send_gifts(saga.bootstrap, [renewed])
+        await send_gifts(saga.infra, [renewed])
         assert (await one_outcome(reader, renewed))[0] == topics.GIFT_SENT
     finally:
         saga.clock.now = None
@@ -379,7 +380,7 @@ async def _set_limit(
         "max_coins": max_coins,
         "occurred_at": "2026-11-22T12:00:00+00:00",
     }
-    await publish(saga.bootstrap, topics.SPENDING_LIMIT_REQUESTED, [(user, request)])
+    await publish(saga.infra, topics.SPENDING_LIMIT_REQUESTED, [(user, request)])
     await reader.wait_for(topics.SPENDING_LIMIT_UPDATED, request_id=request["request_id"])
 
 

@@ -17,6 +17,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
+from devstack import Endpoints
 from services.wallet.main import create_app
 from services.wallet.settings import WalletSettings
 from shared import outbox, topics
@@ -65,9 +66,7 @@ async def start_relay(
     stack: AsyncExitStack, infra: Any, database_url: str, schema: str, batch_size: int
 ) -> outbox.OutboxRelay:
     registry = CollectorRegistry()
-    producer = relay_producer(
-        RelaySettings(kafka_bootstrap_servers=infra.kafka_bootstrap, database_url=database_url)
-    )
+    producer = relay_producer(RelaySettings(kafka=infra.kafka(), database_url=database_url))
     await producer.start()
     stack.push_async_callback(producer.stop)
     db = Database(database_url, schema=schema)
@@ -87,7 +86,7 @@ async def test_two_relays_at_once_publish_every_row_once_and_in_key_order(
     infra: Any, database_url: str, schema: str
 ) -> None:
     topic = unique("test.relay")
-    await ensure_topics(infra.kafka_bootstrap, partitions=6, replication_factor=1, topics=[topic])
+    await ensure_topics(infra.kafka(), partitions=6, replication_factor=1, topics=[topic])
     rows = 3000
     conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
     try:
@@ -104,7 +103,7 @@ async def test_two_relays_at_once_publish_every_row_once_and_in_key_order(
     finally:
         await conn.close()
 
-    async with AsyncExitStack() as stack, TopicReader(infra.kafka_bootstrap, (topic,)) as reader:
+    async with AsyncExitStack() as stack, TopicReader(infra, (topic,)) as reader:
         relays = [await start_relay(stack, infra, database_url, schema, 100) for _ in range(2)]
         tasks = [asyncio.create_task(relay.run()) for relay in relays]
         try:
@@ -115,7 +114,7 @@ async def test_two_relays_at_once_publish_every_row_once_and_in_key_order(
             await asyncio.gather(*tasks, return_exceptions=True)
         # An end marker in every partition: once the reader has all six, it has read
         # everything the relays wrote, duplicates included.
-        await publish_end_markers(infra.kafka_bootstrap, topic, partitions=6)
+        await publish_end_markers(infra, topic, partitions=6)
         await eventually(lambda: _markers_seen(reader, 6), timeout_s=30)
         bodies = [json.loads(r.value) for r in reader.records if r.value != END_MARKER]
 
@@ -135,8 +134,8 @@ async def _none_left(database_url: str, schema: str) -> bool:
 END_MARKER = b"{}"
 
 
-async def publish_end_markers(bootstrap: str, topic: str, *, partitions: int) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+async def publish_end_markers(infra: Endpoints, topic: str, *, partitions: int) -> None:
+    producer = AIOKafkaProducer(**infra.kafka().client_options())
     await producer.start()
     try:
         for partition in range(partitions):
@@ -157,14 +156,18 @@ class Finished:
 
 async def run_relay_once(database_url: str, schema: str, infra: Any, *, crash: bool) -> Finished:
     """One relay batch in a process of its own, optionally SIGKILLed before marking."""
-    env = {**os.environ, "COINSTREAM_CRASH_AT": "relay.after_publish" if crash else ""}
+    env = {
+        **os.environ,
+        # The events are the payment service's: its relay publishes them as payment.
+        **infra.kafka("payment").environment(),
+        "COINSTREAM_CRASH_AT": "relay.after_publish" if crash else "",
+    }
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "tests.integration.relay_once",
         database_url,
         schema,
-        infra.kafka_bootstrap,
         cwd=ROOT,
         env=env,
         stdout=asyncio.subprocess.PIPE,
@@ -200,9 +203,7 @@ async def test_a_relay_killed_between_publishing_and_marking_leaves_a_duplicate_
     finally:
         await conn.close()
 
-    async with TopicReader(
-        infra.kafka_bootstrap, (topics.PURCHASE_COMPLETED, topics.COINS_CREDITED)
-    ) as reader:
+    async with TopicReader(infra, (topics.PURCHASE_COMPLETED, topics.COINS_CREDITED)) as reader:
         crashed = await run_relay_once(database_url, schema, infra, crash=True)
         assert crashed.returncode == -9, crashed.stderr[-2000:]
         await reader.wait_for(topics.PURCHASE_COMPLETED, event_id=event.event_id)
@@ -217,7 +218,7 @@ async def test_a_relay_killed_between_publishing_and_marking_leaves_a_duplicate_
             update={"event_id": unique("evt"), "payment_id": unique("pay"), "coins": 70}
         )
         await publish(
-            infra.kafka_bootstrap,
+            infra,
             topics.PURCHASE_COMPLETED,
             [(user, sentinel.model_dump_json().encode())],
         )

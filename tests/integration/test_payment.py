@@ -45,8 +45,8 @@ async def test_each_request_has_exactly_one_outcome_even_when_sent_twice(
     sentinel = purchase_request(user_id=user)
     sent = [ok, ok, unknown, mismatch, declined, negative, ok, sentinel]
     outcome_topics = (topics.PURCHASE_COMPLETED, topics.PURCHASE_FAILED)
-    async with TopicReader(infra.kafka_bootstrap, outcome_topics) as reader:
-        await publish(infra.kafka_bootstrap, topics.PURCHASE_REQUESTED, [(user, r) for r in sent])
+    async with TopicReader(infra, outcome_topics) as reader:
+        await publish(infra, topics.PURCHASE_REQUESTED, [(user, r) for r in sent])
         await reader.wait_for(topics.PURCHASE_COMPLETED, request_id=sentinel["request_id"])
         await reader.wait_for(topics.PURCHASE_FAILED, count=4, user_id=user)  # another topic
         completed = reader.matching(topics.PURCHASE_COMPLETED, user_id=user)
@@ -97,10 +97,8 @@ async def outcomes(
 ) -> dict[str, dict[str, Any]]:
     """Publish requests for one user; return request_id -> outcome event, once all have one."""
     outcome_topics = (topics.PURCHASE_COMPLETED, topics.PURCHASE_FAILED)
-    async with TopicReader(infra.kafka_bootstrap, outcome_topics) as reader:
-        await publish(
-            infra.kafka_bootstrap, topics.PURCHASE_REQUESTED, [(user, r) for r in requests]
-        )
+    async with TopicReader(infra, outcome_topics) as reader:
+        await publish(infra, topics.PURCHASE_REQUESTED, [(user, r) for r in requests])
         wanted = {r["request_id"] for r in requests}
 
         async def all_answered() -> dict[str, dict[str, Any]] | None:
@@ -171,9 +169,9 @@ async def test_a_request_id_reused_for_another_request_is_dead_lettered_and_the_
     }
     later = purchase_request(user_id=user)
     dlq = topics.dlq(topics.PURCHASE_REQUESTED)
-    async with TopicReader(infra.kafka_bootstrap, (dlq, topics.PURCHASE_COMPLETED)) as reader:
+    async with TopicReader(infra, (dlq, topics.PURCHASE_COMPLETED)) as reader:
         await publish(
-            infra.kafka_bootstrap,
+            infra,
             topics.PURCHASE_REQUESTED,
             [(user, original), (user, conflicting), (user, later)],
         )
@@ -237,9 +235,9 @@ async def test_chargebacks_reverse_a_completed_purchase_once_and_record_the_rest
 
     first, again, unknown = unique("cb"), unique("cb"), unique("cb")
     sentinel_purchase = purchase_request(user_id=user)
-    async with TopicReader(infra.kafka_bootstrap, (topics.PURCHASE_REVERSED,)) as reader:
+    async with TopicReader(infra, (topics.PURCHASE_REVERSED,)) as reader:
         await publish(
-            infra.kafka_bootstrap,
+            infra,
             topics.CHARGEBACK_RECEIVED,
             [
                 chargeback(first, payment_id),

@@ -9,6 +9,7 @@ import asyncpg
 import httpx
 import pytest
 
+from devstack import Endpoints
 from services.payout.main import create_app as create_payout
 from services.payout.settings import PayoutSettings
 from services.wallet.main import create_app as create_wallet
@@ -27,7 +28,7 @@ OUTCOMES = (topics.PAYOUT_COMPLETED, topics.PAYOUT_FAILED)
 class Cashier:
     wallet: httpx.AsyncClient
     payout: httpx.AsyncClient
-    bootstrap: str
+    infra: Endpoints
     database_url: str
 
 
@@ -38,14 +39,12 @@ async def cashier(
     wallet_app = create_wallet(service_settings(WalletSettings))
     payout_app = create_payout(service_settings(PayoutSettings, reconcile_interval_s=0.2))
     async with in_process(wallet_app) as wallet, in_process(payout_app) as payout:
-        yield Cashier(wallet, payout, infra.kafka_bootstrap, database_url)
+        yield Cashier(wallet, payout, infra, database_url)
 
 
 @pytest.fixture
 async def reader(infra: Any) -> AsyncIterator[TopicReader]:
-    async with TopicReader(
-        infra.kafka_bootstrap, (*OUTCOMES, topics.dlq(topics.PAYOUT_REQUESTED))
-    ) as reader:
+    async with TopicReader(infra, (*OUTCOMES, topics.dlq(topics.PAYOUT_REQUESTED))) as reader:
         yield reader
 
 
@@ -67,7 +66,7 @@ async def creator(
         "currency": currency,
         "occurred_at": datetime.now(UTC).isoformat(),
     }
-    await publish(cashier.bootstrap, topics.CREATOR_UPDATED, [(creator_id, update)])
+    await publish(cashier.infra, topics.CREATOR_UPDATED, [(creator_id, update)])
     # No event answers an update (another topic, no ordering): wait until it is kept.
     await eventually(lambda: _known_creator(cashier.database_url, creator_id))
     return creator_id
@@ -96,9 +95,7 @@ async def cash_out(
     cashier: Cashier, reader: TopicReader, requests: list[dict[str, Any]]
 ) -> dict[str, list[tuple[str, dict[str, Any]]]]:
     """Publish payout requests; every outcome of each, once each has one."""
-    await publish(
-        cashier.bootstrap, topics.PAYOUT_REQUESTED, [(r["creator_id"], r) for r in requests]
-    )
+    await publish(cashier.infra, topics.PAYOUT_REQUESTED, [(r["creator_id"], r) for r in requests])
     wanted = {r["request_id"] for r in requests}
 
     async def all_answered() -> dict[str, list[tuple[str, dict[str, Any]]]] | None:
@@ -258,14 +255,14 @@ async def test_the_audit_names_a_hold_left_open_past_its_deadline(
         diamonds=2_000,
         deadline=datetime.now(UTC) - timedelta(minutes=1),
     )
-    await publish(cashier.bootstrap, topics.DIAMONDS_HOLD_REQUESTED, [as_message(late)])
+    await publish(cashier.infra, topics.DIAMONDS_HOLD_REQUESTED, [as_message(late)])
     await eventually(
         lambda: _on_hold(cashier, star, 2_000),
     )
     returncode, report = await run_audit(cashier.database_url)
     # Released again, as the payout service would: the session's ledger stays whole.
     failed = PayoutFailed(request_id=late.request_id, creator_id=star, reason="provider_rejected")
-    await publish(cashier.bootstrap, topics.PAYOUT_FAILED, [as_message(failed)])
+    await publish(cashier.infra, topics.PAYOUT_FAILED, [as_message(failed)])
     await settled_balance(cashier, star, 2_000)
 
     assert returncode == 1

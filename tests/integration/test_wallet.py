@@ -30,9 +30,9 @@ async def test_a_purchase_delivered_twice_is_credited_once(
     # Same payment again under a new event id: the ledger key must catch what the inbox can't.
     replayed = first.model_copy(update={"event_id": "other-" + first.event_id})
     sentinel = completed(user, coins=350)  # same key, so it is processed after the duplicates
-    async with TopicReader(infra.kafka_bootstrap, (topics.COINS_CREDITED,)) as reader:
+    async with TopicReader(infra, (topics.COINS_CREDITED,)) as reader:
         await publish(
-            infra.kafka_bootstrap,
+            infra,
             topics.PURCHASE_COMPLETED,
             [as_message(first), as_message(first), as_message(replayed), as_message(sentinel)],
         )
@@ -58,10 +58,10 @@ async def test_bad_messages_go_to_the_dead_letter_topic_and_the_next_one_is_proc
     missing_field["marker"] = user
     after = completed(user, coins=700)
     async with TopicReader(
-        infra.kafka_bootstrap, (topics.dlq(topics.PURCHASE_COMPLETED), topics.COINS_CREDITED)
+        infra, (topics.dlq(topics.PURCHASE_COMPLETED), topics.COINS_CREDITED)
     ) as reader:
         await publish(
-            infra.kafka_bootstrap,
+            infra,
             topics.PURCHASE_COMPLETED,
             [(user, garbage), (user, missing_field), as_message(after)],
         )
@@ -95,11 +95,9 @@ async def test_a_nonsensical_purchase_is_dead_lettered_alone_and_its_batch_neigh
     zero, negative_bonus = completed(user, coins=0), completed(user, coins=70, bonus=-7)
     batch = [goods[0], zero, goods[1], negative_bonus, goods[2]]
     async with TopicReader(
-        infra.kafka_bootstrap, (topics.dlq(topics.PURCHASE_COMPLETED), topics.COINS_CREDITED)
+        infra, (topics.dlq(topics.PURCHASE_COMPLETED), topics.COINS_CREDITED)
     ) as reader:
-        await publish(
-            infra.kafka_bootstrap, topics.PURCHASE_COMPLETED, list(map(as_message, batch))
-        )
+        await publish(infra, topics.PURCHASE_COMPLETED, list(map(as_message, batch)))
         async with in_process(create_app(service_settings(WalletSettings))) as wallet:
             await reader.wait_for(topics.COINS_CREDITED, payment_id=goods[2].payment_id)
             await reader.wait_for(topics.dlq(topics.PURCHASE_COMPLETED), 2, user_id=user)

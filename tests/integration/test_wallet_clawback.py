@@ -38,18 +38,16 @@ async def test_a_chargeback_after_the_coins_were_spent_leaves_the_account_negati
 ) -> None:
     user = unique("user")
     bought, later = completed(user, coins=70, bonus=7), completed(user, coins=350)
-    async with TopicReader(infra.kafka_bootstrap, EVENTS) as reader:
-        await publish(infra.kafka_bootstrap, topics.PURCHASE_COMPLETED, [as_message(bought)])
+    async with TopicReader(infra, EVENTS) as reader:
+        await publish(infra, topics.PURCHASE_COMPLETED, [as_message(bought)])
         await reader.wait_for(topics.COINS_CREDITED, payment_id=bought.payment_id)
         await spend(database_url, user, 50)
 
-        await publish(
-            infra.kafka_bootstrap, topics.PURCHASE_REVERSED, [as_message(reversal(bought))]
-        )
+        await publish(infra, topics.PURCHASE_REVERSED, [as_message(reversal(bought))])
         [clawed] = await reader.wait_for(topics.COINS_CLAWED_BACK, user_id=user)
         frozen = await balance_of(wallet, user)
 
-        await publish(infra.kafka_bootstrap, topics.PURCHASE_COMPLETED, [as_message(later)])
+        await publish(infra, topics.PURCHASE_COMPLETED, [as_message(later)])
         await reader.wait_for(topics.COINS_CREDITED, payment_id=later.payment_id)
         thawed = await balance_of(wallet, user)
 
@@ -71,17 +69,15 @@ async def test_a_reversal_delivered_again_claws_back_once_and_a_nonsensical_one_
     replayed = undo.model_copy(update={"event_id": "again-" + undo.event_id})
     nonsense = reversal(second, coins=0)
     sentinel = reversal(second)  # same key, after the rest: once applied, so were they
-    async with TopicReader(
-        infra.kafka_bootstrap, (*EVENTS, topics.dlq(topics.PURCHASE_REVERSED))
-    ) as reader:
+    async with TopicReader(infra, (*EVENTS, topics.dlq(topics.PURCHASE_REVERSED))) as reader:
         await publish(
-            infra.kafka_bootstrap,
+            infra,
             topics.PURCHASE_COMPLETED,
             [as_message(first), as_message(second)],
         )
         await reader.wait_for(topics.COINS_CREDITED, payment_id=second.payment_id)
         await publish(
-            infra.kafka_bootstrap,
+            infra,
             topics.PURCHASE_REVERSED,
             [as_message(e) for e in (undo, undo, replayed, nonsense, sentinel)],
         )
@@ -102,13 +98,13 @@ async def test_a_reversal_that_overtakes_its_credit_waits_without_stalling_and_i
 ) -> None:
     user = unique("user")
     early, known = completed(user, coins=700, bonus=70), completed(user, coins=70)
-    async with TopicReader(infra.kafka_bootstrap, EVENTS) as reader:
-        await publish(infra.kafka_bootstrap, topics.PURCHASE_COMPLETED, [as_message(known)])
+    async with TopicReader(infra, EVENTS) as reader:
+        await publish(infra, topics.PURCHASE_COMPLETED, [as_message(known)])
         await reader.wait_for(topics.COINS_CREDITED, payment_id=known.payment_id)
         # The reversal of `early` comes first on its partition; the one behind it must
         # not wait for `early`'s credit.
         await publish(
-            infra.kafka_bootstrap,
+            infra,
             topics.PURCHASE_REVERSED,
             [as_message(reversal(early)), as_message(reversal(known))],
         )
@@ -116,7 +112,7 @@ async def test_a_reversal_that_overtakes_its_credit_waits_without_stalling_and_i
         assert await pending_clawbacks(database_url, user) == [early.payment_id]
         assert reader.matching(topics.COINS_CLAWED_BACK, payment_id=early.payment_id) == []
 
-        await publish(infra.kafka_bootstrap, topics.PURCHASE_COMPLETED, [as_message(early)])
+        await publish(infra, topics.PURCHASE_COMPLETED, [as_message(early)])
         [clawed] = await reader.wait_for(topics.COINS_CLAWED_BACK, payment_id=early.payment_id)
         [credited] = reader.matching(topics.COINS_CREDITED, payment_id=early.payment_id)
 
@@ -145,16 +141,14 @@ async def test_reversals_racing_their_credits_are_each_applied_exactly_once(
     topics: whichever the wallet sees first, every purchase ends clawed back once."""
     users = [unique("racer") for _ in range(20)]
     purchases = [completed(user, coins=70, bonus=7) for user in users]
-    async with TopicReader(infra.kafka_bootstrap, EVENTS) as reader:
+    async with TopicReader(infra, EVENTS) as reader:
         await asyncio.gather(
             publish(
-                infra.kafka_bootstrap,
+                infra,
                 topics.PURCHASE_REVERSED,
                 [as_message(reversal(p)) for p in purchases],
             ),
-            publish(
-                infra.kafka_bootstrap, topics.PURCHASE_COMPLETED, list(map(as_message, purchases))
-            ),
+            publish(infra, topics.PURCHASE_COMPLETED, list(map(as_message, purchases))),
         )
         await reader.wait_for_all(
             topics.COINS_CLAWED_BACK, "payment_id", [p.payment_id for p in purchases]

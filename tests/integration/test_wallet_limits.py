@@ -45,12 +45,10 @@ async def test_limits_are_set_removed_and_answered_once_per_request(
     negative = limit_request(user, "week", -5)
     requests = [day, week, month, no_day, week, negative, lower_month]
     async with TopicReader(
-        infra.kafka_bootstrap,
+        infra,
         (topics.SPENDING_LIMIT_UPDATED, topics.dlq(topics.SPENDING_LIMIT_REQUESTED)),
     ) as reader:
-        await publish(
-            infra.kafka_bootstrap, topics.SPENDING_LIMIT_REQUESTED, [(user, r) for r in requests]
-        )
+        await publish(infra, topics.SPENDING_LIMIT_REQUESTED, [(user, r) for r in requests])
         # The last request, on the same key: everything before it was handled.
         await reader.wait_for(topics.SPENDING_LIMIT_UPDATED, request_id=lower_month["request_id"])
         answers = reader.matching(topics.SPENDING_LIMIT_UPDATED, user_id=user)

@@ -46,16 +46,10 @@ async def test_history_pages_newest_first_and_tells_purchased_from_bonus_coins(
         completed(user, coins=70),
         completed(user, coins=700, bonus=70),
     ]
-    async with TopicReader(
-        infra.kafka_bootstrap, (topics.COINS_CREDITED, topics.COINS_CLAWED_BACK)
-    ) as reader:
-        await publish(
-            infra.kafka_bootstrap, topics.PURCHASE_COMPLETED, list(map(as_message, purchases))
-        )
+    async with TopicReader(infra, (topics.COINS_CREDITED, topics.COINS_CLAWED_BACK)) as reader:
+        await publish(infra, topics.PURCHASE_COMPLETED, list(map(as_message, purchases)))
         await reader.wait_for(topics.COINS_CREDITED, payment_id=purchases[-1].payment_id)
-        await publish(
-            infra.kafka_bootstrap, topics.PURCHASE_REVERSED, [as_message(reversal(purchases[1]))]
-        )
+        await publish(infra, topics.PURCHASE_REVERSED, [as_message(reversal(purchases[1]))])
         await reader.wait_for(topics.COINS_CLAWED_BACK, user_id=user)
 
     [everything] = await pages(wallet, user, limit=200)

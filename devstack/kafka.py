@@ -11,6 +11,8 @@ from pathlib import Path
 from devstack.errors import DevstackError
 from devstack.instances import Instance
 from devstack.procs import live_pid, locked, run, say, spawn, stop, wait_ready
+from devstack.secrets import KAFKA_USERS, SCRAM_MECHANISM
+from shared import acl
 from shared.kafka_admin import kafka_answers
 from shared.kafka_client import KafkaClientSettings
 
@@ -91,19 +93,49 @@ def _java(libs: Path) -> list[str]:
 
 def _write_config(instance: Instance) -> Path:
     """server.properties of a single node that is its own controller quorum; rewritten at
-    every start so that it always matches the instance's ports."""
+    every start so that it always matches the instance's ports.
+
+    Secure by default: clients authenticate with SASL SCRAM-SHA-512 over TLS (the
+    instance's CA and broker certificate), the controller listener with SASL PLAIN over
+    TLS for the broker's own user, and KRaft's StandardAuthorizer allows only what
+    `shared.acl` grants. `broker` and `operator` are super users.
+    """
+    secrets = instance.secrets
     data = instance.kafka_dir / "data"
     listen = f"127.0.0.1:{instance.kafka_port}"
     controller = f"127.0.0.1:{instance.kafka_controller_port}"
+    broker_password = secrets.kafka_password(acl.BROKER)
     settings = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@{controller}",
-        "listeners": f"PLAINTEXT://{listen},CONTROLLER://{controller}",
-        "advertised.listeners": f"PLAINTEXT://{listen}",
+        "listeners": f"SASL_SSL://{listen},CONTROLLER://{controller}",
+        "advertised.listeners": f"SASL_SSL://{listen}",
         "controller.listener.names": "CONTROLLER",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:SASL_SSL",
+        "inter.broker.listener.name": "SASL_SSL",
+        # Clients: SCRAM, whose users live in the cluster's metadata (made at format).
+        "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+        "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
+        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": _jaas(
+            "scram.ScramLoginModule", broker_password
+        ),
+        # The controller cannot read SCRAM users before it has the metadata, so the
+        # broker's own user is configured for it here (PLAIN, inside TLS).
+        "sasl.mechanism.controller.protocol": "PLAIN",
+        "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+        "listener.name.controller.plain.sasl.jaas.config": _jaas(
+            "plain.PlainLoginModule",
+            broker_password,
+            f'user_{acl.BROKER}="{broker_password}"',
+        ),
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": str(secrets.broker_pem),
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(secrets.ca_file),
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "super.users": f"User:{acl.BROKER};User:{acl.OPERATOR}",
+        "allow.everyone.if.no.acl.found": "false",
         "log.dirs": str(data),
         "num.partitions": "6",
         # One node: internal topics cannot have more than one replica.
@@ -118,20 +150,44 @@ def _write_config(instance: Instance) -> Path:
     }
     path = instance.kafka_dir / "server.properties"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
+    # It holds the broker's password: readable by its owner only.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write("".join(f"{key}={value}\n" for key, value in settings.items()))
     return path
 
 
+def _jaas(module: str, password: str, *extra: str) -> str:
+    options = " ".join((f'username="{acl.BROKER}"', f'password="{password}"', *extra))
+    return f"org.apache.kafka.common.security.{module} required {options};"
+
+
 async def _format_storage(instance: Instance, java: list[str], config: Path) -> None:
-    """Give the node its cluster id, once; a formatted log folder holds meta.properties."""
-    if (instance.kafka_dir / "data" / "meta.properties").exists():
-        return
+    """Give the node its cluster id and its SCRAM users, once; a formatted log folder
+    holds meta.properties. A folder formatted before the stack was secured (no SCRAM
+    users) is formatted again: its data is a developer's scratch data."""
+    data = instance.kafka_dir / "data"
+    secured = instance.kafka_dir / "secured"
+    if (data / "meta.properties").exists():
+        if secured.exists():
+            return
+        say("kafka: the local data predates SASL/TLS; formatting it again (its data is lost)")
+        shutil.rmtree(data)
     output = await run([*java, "kafka.tools.StorageTool", "random-uuid"], what="kafka random-uuid")
     cluster_id = output.split()[-1]
+    users = [
+        arg
+        for user in KAFKA_USERS
+        for arg in (
+            "--add-scram",
+            f"{SCRAM_MECHANISM}=[name={user},password={instance.secrets.kafka_password(user)}]",
+        )
+    ]
     await run(
-        [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
+        [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config), *users],
         what="formatting Kafka storage",
     )
+    secured.write_text(f"{SCRAM_MECHANISM} users: {', '.join(KAFKA_USERS)}\n")
 
 
 def _pid_file(instance: Instance) -> Path:
@@ -151,6 +207,7 @@ async def ensure_running(instance: Instance) -> None:
     started = time.monotonic()
     if not already:
         java = _java(await ensure_jars())
+        instance.secrets.ensure_kafka()
         config = _write_config(instance)
         await _format_storage(instance, java, config)
         spawn(

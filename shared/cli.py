@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from shared import contracts, dead_letters, kafka_admin, migrations
+from shared import acl, contracts, dead_letters, kafka_admin, migrations
 from shared.dead_letters import DeadLetter, DeadLetterError, Replayed
 from shared.kafka_client import KafkaClientSettings
 from shared.settings import InfraSettings
@@ -58,9 +58,35 @@ def migrate(
 
 
 @app.command()
+def acls(
+    group_prefix: Annotated[
+        str, typer.Option(help="the services' CONSUMER_GROUP_PREFIX: groups <prefix>-<service>")
+    ] = "coinstream",
+    dry_run: Annotated[bool, typer.Option(help="only print the ACLs")] = False,
+) -> None:
+    """Grant each principal exactly what it needs (shared/acl.py); idempotent, run as a
+    super user (the operator). ACLs that exist are left as they are."""
+    policy = acl.policy(group_prefix)
+    if dry_run:
+        for rule in policy:
+            typer.echo(rule.describe())
+        return
+    kafka = InfraSettings().kafka
+    try:
+        created = asyncio.run(acl.apply(kafka, policy))
+    except (acl.AclError, KafkaError) as error:
+        _err.print(Text(f"error: {error}"), style="red")
+        raise typer.Exit(1) from None
+    typer.echo(f"acls: {created} created, {len(policy) - created} already there")
+
+
+@app.command()
 def setup() -> None:
-    """Create the topics and apply every service's migrations (idempotent)."""
+    """Create the topics, grant the ACLs (on a SASL cluster) and apply every service's
+    migrations (idempotent)."""
     topics()
+    if InfraSettings().kafka.uses_sasl:
+        acls()
     migrate("all")
 
 

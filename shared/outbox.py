@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from shared.contracts import Event
+from shared.contracts import Event, Message
 from shared.db import Connection
 from shared.faults import crash_point
 
@@ -31,7 +31,18 @@ def channel(schema: str) -> str:
 
 async def enqueue(conn: Connection, events: Sequence[Event]) -> None:
     """Add events to the outbox inside the caller's transaction (in order) and wake the relay."""
-    if not events:
+    await _add(conn, [(event, event.event_id) for event in events])
+
+
+async def enqueue_request(conn: Connection, request: Message, *, message_id: str) -> None:
+    """Add a request-shaped message (one without an `event_id` of its own, such as a
+    chargeback notice a webhook received) to the outbox, with `message_id` as the
+    `event_id` header of the published record."""
+    await _add(conn, [(request, message_id)])
+
+
+async def _add(conn: Connection, messages: Sequence[tuple[Message, str]]) -> None:
+    if not messages:
         return
     # The notification is delivered at commit, once per transaction however many
     # events: only a wake-up, the relay also polls, so a lost one costs latency, not an
@@ -44,10 +55,10 @@ async def enqueue(conn: Connection, events: Sequence[Event]) -> None:
         )
         SELECT pg_notify(current_schema() || '_outbox', '')
         """,
-        [event.topic for event in events],
-        [event.key() for event in events],
-        [event.event_id for event in events],
-        [event.model_dump_json().encode() for event in events],
+        [message.topic for message, _ in messages],
+        [message.key() for message, _ in messages],
+        [message_id for _, message_id in messages],
+        [message.model_dump_json().encode() for message, _ in messages],
     )
 
 

@@ -147,3 +147,19 @@ def fingerprint(request: PurchaseRequested) -> str:
         )
     )
     return hashlib.sha256(content.encode()).hexdigest()
+
+
+NoticeOutcome = Literal[
+    "accepted", "duplicate", "idempotency_conflict", "unknown_payment", "user_mismatch"
+]
+"""What became of a signed chargeback notice from the provider's webhook."""
+
+
+def notice_refusal(purchase: Purchase | None, *, user_id: str) -> NoticeOutcome | None:
+    """Why a chargeback notice does not match what payment knows, or None when it does:
+    it must name a payment this service completed (reversed since or not), for that user."""
+    if purchase is None or purchase.payment_id is None:
+        return "unknown_payment"
+    if purchase.user_id != user_id:
+        return "user_mismatch"
+    return None

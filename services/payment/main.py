@@ -2,7 +2,7 @@
 
 from starlette.applications import Starlette
 
-from services.payment import api, handlers
+from services.payment import api, handlers, webhooks
 from services.payment.provider import CardProvider, SimulatedProvider
 from services.payment.repository import PaymentRepository
 from services.payment.service import PaymentService
@@ -18,7 +18,7 @@ def create_app(
     provider = provider or SimulatedProvider(latency_ms=settings.provider_latency_ms)
     service = PaymentService(kit.db, PaymentRepository(), provider, settings)
     kit.include(handlers.build_router(service, kit.dead_letters, settings))
-    return kit.http_app(api.routes(service))
+    return kit.http_app([*api.routes(service), *webhooks.routes(service, settings, kit.registry)])
 
 
 def run() -> None:

@@ -213,3 +213,37 @@ class PaymentRepository:
     async def get_by_payment_id(self, conn: Connection, *, payment_id: str) -> Purchase | None:
         row = await conn.fetchrow("SELECT * FROM purchases WHERE payment_id = $1", payment_id)
         return _purchase(row) if row else None
+
+    async def add_webhook_notice(
+        self,
+        conn: Connection,
+        *,
+        chargeback_id: str,
+        payment_id: str,
+        user_id: str,
+        occurred_at: datetime,
+    ) -> bool:
+        """Record a webhook's chargeback notice once; False when its chargeback_id was
+        recorded before (a concurrent twin waits here for the first one's commit)."""
+        status = await conn.execute(
+            """
+            INSERT INTO webhook_notices (chargeback_id, payment_id, user_id, occurred_at)
+            VALUES ($1, $2, $3, $4)
+            ON CONFLICT (chargeback_id) DO NOTHING
+            """,
+            chargeback_id,
+            payment_id,
+            user_id,
+            occurred_at,
+        )
+        return bool(status == "INSERT 0 1")
+
+    async def get_webhook_notice(
+        self, conn: Connection, *, chargeback_id: str
+    ) -> tuple[str, str] | None:
+        """(payment_id, user_id) of the notice recorded with this chargeback_id."""
+        row = await conn.fetchrow(
+            "SELECT payment_id, user_id FROM webhook_notices WHERE chargeback_id = $1",
+            chargeback_id,
+        )
+        return (row["payment_id"], row["user_id"]) if row else None

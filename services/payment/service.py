@@ -15,7 +15,16 @@ from tenacity import (
     wait_exponential,
 )
 
-from services.payment.domain import Activity, Decider, Offer, Purchase, RiskLimits, fingerprint
+from services.payment.domain import (
+    Activity,
+    Decider,
+    NoticeOutcome,
+    Offer,
+    Purchase,
+    RiskLimits,
+    fingerprint,
+    notice_refusal,
+)
 from services.payment.errors import ProviderUnavailableError
 from services.payment.provider import CardProvider, Charge
 from services.payment.repository import PaymentRepository
@@ -194,6 +203,35 @@ class PaymentService:
                 if reversed_ is not None:
                     events.append(reversed_)
             await outbox.enqueue(conn, events)
+
+    async def accept_chargeback_notice(self, notice: ChargebackReceived) -> NoticeOutcome:
+        """Turn a signed notice from the provider's webhook into payment.chargeback-received.
+
+        The notice's row and the message commit together, so a replay of the same
+        chargeback_id has no second effect. A notice that does not name a payment this
+        service completed for that user is refused and nothing is recorded. The reversal
+        itself is `handle_chargebacks`' work, once the message comes back from Kafka.
+        """
+        async with self._db.transaction() as conn:
+            purchase = await self._repository.get_by_payment_id(conn, payment_id=notice.payment_id)
+            refusal = notice_refusal(purchase, user_id=notice.user_id)
+            if refusal is not None:
+                return refusal
+            first_time = await self._repository.add_webhook_notice(
+                conn,
+                chargeback_id=notice.chargeback_id,
+                payment_id=notice.payment_id,
+                user_id=notice.user_id,
+                occurred_at=notice.occurred_at,
+            )
+            if not first_time:
+                known = await self._repository.get_webhook_notice(
+                    conn, chargeback_id=notice.chargeback_id
+                )
+                same = known == (notice.payment_id, notice.user_id)
+                return "duplicate" if same else "idempotency_conflict"
+            await outbox.enqueue_request(conn, notice, message_id=notice.chargeback_id)
+        return "accepted"
 
     async def _reverse(self, conn: Connection, chargeback: ChargebackReceived) -> Event | None:
         first_time = await self._repository.add_chargeback(

@@ -1,7 +1,8 @@
 from decimal import Decimal
+from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from shared.settings import ServiceSettings
 
@@ -24,3 +25,27 @@ class PaymentSettings(ServiceSettings):
     """Simulated provider round trip, so benchmarks can model a real card network."""
     provider_max_attempts: int = Field(default=4, ge=1)
     provider_retry_base_s: float = Field(default=0.05, gt=0)
+
+    chargeback_webhook_secret: SecretStr | None = Field(default=None, repr=False)
+    """The HMAC key the card provider signs chargeback notices with. Without it (or its
+    file) `POST /v1/webhooks/chargebacks` answers 503: never accepts unsigned notices."""
+    chargeback_webhook_secret_file: Path | None = None
+    """A file holding that key, so it never sits in an environment (read at start-up)."""
+
+    def chargeback_webhook_key(self) -> bytes | None:
+        """The webhook's HMAC key, from the setting or else its file; None when neither."""
+        if self.chargeback_webhook_secret is not None:
+            key = self.chargeback_webhook_secret.get_secret_value()
+        elif self.chargeback_webhook_secret_file is not None:
+            try:
+                key = self.chargeback_webhook_secret_file.read_text().strip()
+            except OSError as error:
+                raise ValueError(
+                    f"cannot read CHARGEBACK_WEBHOOK_SECRET_FILE "
+                    f"{self.chargeback_webhook_secret_file}: {error.strerror}"
+                ) from None
+        else:
+            return None
+        if not key:
+            raise ValueError("the chargeback webhook secret is empty")  # an HMAC with no key
+        return key.encode()

@@ -27,9 +27,9 @@ from aiokafka import AIOKafkaProducer
 
 from benchmarks import common
 from benchmarks.common import Outcomes, Published, Request
-from shared import topics
+from devstack.instances import get_instance, stack_endpoints
+from shared import acl, topics
 from shared.kafka_client import KafkaClientSettings
-from shared.settings import InfraSettings
 
 GIFTING_URL = "http://127.0.0.1:8083"
 GIFT_COINS = {"rose": 1, "panda": 5, "love_bang": 25}  # the gifting service's catalog
@@ -270,7 +270,9 @@ async def main() -> None:
         "--timeout", type=float, default=300, help="s to wait for outcomes once published"
     )
     args = parser.parse_args()
-    kafka = InfraSettings().kafka
+    # As an upstream app of the stack `make up` runs (the environment's servers, else
+    # the local stack's `app` principal).
+    kafka = stack_endpoints(get_instance("default")).kafka(acl.APP)
     run_id = common.run_id()
     batch = gifts(args.count, args.senders, args.creators, run_id)
     needed = purchases_needed(batch)

@@ -16,8 +16,8 @@ import uvloop
 
 from benchmarks import common
 from benchmarks.common import Outcomes, Published, Request
-from shared import topics
-from shared.settings import InfraSettings
+from devstack.instances import get_instance, stack_endpoints
+from shared import acl, topics
 
 PER_USER = 10  # stays under the 20-per-hour velocity limit and the daily cap
 
@@ -55,7 +55,9 @@ async def main() -> None:
     parser.add_argument("--rate", type=float, default=0, help="requests/s; 0 = unpaced")
     parser.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args()
-    kafka = InfraSettings().kafka
+    # As an upstream app of the stack `make up` runs (the environment's servers, else
+    # the local stack's `app` principal).
+    kafka = stack_endpoints(get_instance("default")).kafka(acl.APP)
     published, credits = Published(), Outcomes()
     count: int = args.count
 

@@ -21,8 +21,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from rich.console import Console
 from rich.table import Table
 
-from shared import topics
-from shared.settings import InfraSettings
+from devstack.instances import Endpoints, get_instance, stack_endpoints
+from shared import acl, topics
+from shared.db_roles import READER
 
 WALLET = "http://127.0.0.1:8082"
 GIFTING = "http://127.0.0.1:8083"
@@ -239,17 +240,24 @@ async def settle(http: httpx.AsyncClient, journey: Journey) -> None:
         await asyncio.sleep(0.1)
 
 
+def _endpoints() -> Endpoints:
+    return stack_endpoints(get_instance("default"))
+
+
 async def audit() -> None:
     """The ledger audit, run as an operator runs it."""
     console.rule("Ledger audit (coinstream-audit)")
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.wallet.audit", env={**os.environ, "COLUMNS": "120"}
+        sys.executable,
+        "-m",
+        "services.wallet.audit",
+        env={**os.environ, "DATABASE_URL": _endpoints().database(READER), "COLUMNS": "120"},
     )
     await process.wait()
 
 
 async def main() -> None:
-    kafka = InfraSettings().kafka
+    kafka = _endpoints().kafka(acl.APP)  # as an upstream app: requests in, outcomes out
     journey = Journey(uuid.uuid4().hex[:4])
     consumer = AIOKafkaConsumer(
         *WATCHED,

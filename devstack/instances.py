@@ -4,19 +4,22 @@ Two instances exist so that a stack started with `make up` (`default`) and the o
 test suite uses (`test`) never share a port, a data folder or a pid file.
 """
 
+import dataclasses
 import hashlib
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from devstack.errors import DevstackError
 from devstack.secrets import Secrets
-from shared import acl
+from shared import acl, db_roles
 from shared.kafka_client import KafkaClientSettings
 from shared.migrations import SERVICES
 
 REPO_ROOT: Path = Path(__file__).resolve().parent.parent
+ADMIN_ROLE = "coinstream"
+"""The local stack's PostgreSQL administrator (a superuser with a password)."""
 
 
 @dataclass(frozen=True)
@@ -29,9 +32,12 @@ class Endpoints:
     """
 
     kafka_bootstrap: str
-    database_url: str
+    database_url: str = field(repr=False)  # a DATABASE_URL given to us may hold a password
     secrets: Secrets | None = None
     kafka_settings: KafkaClientSettings | None = None
+    database_roles: bool = True
+    """Whether the services' PostgreSQL roles are the local stack's (passwords in
+    `secrets`); False for a DATABASE_URL this stack does not run."""
 
     def kafka(self, principal: str = acl.OPERATOR) -> KafkaClientSettings:
         """The Kafka client settings of `principal` (`app`, `operator` or a service)."""
@@ -40,6 +46,23 @@ class Endpoints:
         if self.secrets is None:
             return KafkaClientSettings(bootstrap_servers=self.kafka_bootstrap)
         return self.secrets.kafka_client(principal, self.kafka_bootstrap)
+
+    def database(self, role: str | None = None) -> str:
+        """The database URL of a PostgreSQL role (a service's, or `db_roles.READER`) in
+        the database of `database_url`; None: the administrator's. Without the local
+        stack's secrets every role is the administrator (a single-role setup)."""
+        if role is None or self.secrets is None or not self.database_roles:
+            return self.database_url
+        return db_roles.as_role(self.database_url, role, self.secrets.pgpass_file(role))
+
+    def role_passwords(self) -> dict[str, str]:
+        """Every service role's and the reader's password (the local stack's secrets)."""
+        if self.secrets is None or not self.database_roles:
+            raise DevstackError("no local secrets: roles are provisioned by the operator")
+        return {
+            role: self.secrets.postgres_password(role)
+            for role in (*db_roles.SERVICES, db_roles.READER)
+        }
 
     @property
     def secured(self) -> bool:
@@ -99,7 +122,11 @@ class Instance:
         """The addresses of this instance's own Kafka and PostgreSQL."""
         return Endpoints(
             kafka_bootstrap=f"127.0.0.1:{self.kafka_port}",
-            database_url=f"postgresql://coinstream@127.0.0.1:{self.postgres_port}/coinstream",
+            database_url=db_roles.as_role(
+                f"postgresql://127.0.0.1:{self.postgres_port}/coinstream",
+                ADMIN_ROLE,
+                self.secrets.pgpass_file(ADMIN_ROLE),
+            ),
             secrets=self.secrets,
         )
 
@@ -119,6 +146,20 @@ INSTANCES: dict[str, Instance] = {
     "default": Instance("default", 9092, 9093, 55432, 8081),
     "test": Instance("test", 19092, 19093, 55433, 18081),
 }
+
+
+def stack_endpoints(instance: Instance) -> Endpoints:
+    """The servers `make up` uses, as it decides: those named in the environment
+    (KAFKA_BOOTSTRAP_SERVERS with the other KAFKA_* settings; DATABASE_URL), else the
+    instance's own, with a principal and a role per component."""
+    endpoints = instance.local_endpoints
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        endpoints = dataclasses.replace(endpoints, kafka_settings=KafkaClientSettings())
+    if os.environ.get("DATABASE_URL"):
+        endpoints = dataclasses.replace(
+            endpoints, database_url=os.environ["DATABASE_URL"], database_roles=False
+        )
+    return endpoints
 
 
 def get_instance(name: str) -> Instance:

@@ -15,10 +15,11 @@ from pathlib import Path
 import asyncpg
 
 from devstack.errors import DevstackError
-from devstack.instances import Instance
+from devstack.instances import ADMIN_ROLE, Instance
 from devstack.procs import pid_alive, run, say, succeeds, wait_ready
 
 OS_USER = "coinstream"
+
 _DEBIAN_ROOT = Path("/usr/lib/postgresql")
 
 
@@ -142,12 +143,48 @@ def _write_config(instance: Instance) -> None:
         "max_wal_size = 1GB\n"
         "timezone = 'UTC'\n"
         "log_timezone = 'UTC'\n"
+        "password_encryption = 'scram-sha-256'\n"
     )
     _owned_by_server(path)
+    hba = data / "pg_hba.conf"
+    hba.write_text(
+        "# Written by devstack/postgres.py at every start: edit that file, not this one.\n"
+        "# The unix socket lives in the data folder (mode 0700): only the server's OS user\n"
+        "# and root reach it; devstack provisions roles through it. Everyone else logs in\n"
+        "# over TCP with a password (SCRAM).\n"
+        "local all all trust\n"
+        "host all all 127.0.0.1/32 scram-sha-256\n"
+        "host all all ::1/128 scram-sha-256\n"
+    )
+    _owned_by_server(hba)
 
 
-def _admin_url(instance: Instance) -> str:
-    return f"postgresql://postgres@127.0.0.1:{instance.postgres_port}/postgres"
+async def _socket_connect(instance: Instance, database: str = "postgres") -> asyncpg.Connection:
+    """The bootstrap superuser over the server's unix socket (no password there)."""
+    return await asyncpg.connect(
+        host=str(instance.postgres_dir),
+        port=instance.postgres_port,
+        user="postgres",
+        database=database,
+        timeout=2.0,
+    )
+
+
+async def _reload(instance: Instance) -> None:
+    conn = await _socket_connect(instance)
+    try:
+        await conn.execute("SELECT pg_reload_conf()")
+    finally:
+        await conn.close()
+
+
+async def _socket_answers(instance: Instance) -> bool:
+    try:
+        conn = await _socket_connect(instance)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        return False
+    await conn.close()
+    return True
 
 
 async def answers(database_url: str) -> bool:
@@ -163,11 +200,17 @@ async def answers(database_url: str) -> bool:
 
 
 async def _ensure_database(instance: Instance) -> None:
-    """The role and database the services use (see Instance.local_endpoints)."""
-    conn = await asyncpg.connect(_admin_url(instance))
+    """The administrator role (a superuser with a password, for set-up and tests) and the
+    database the services use (see Instance.local_endpoints); the services' own roles
+    come from `shared.db_roles.provision` once the database exists."""
+    conn = await _socket_connect(instance)
     try:
-        if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = 'coinstream'"):
-            await conn.execute("CREATE ROLE coinstream LOGIN SUPERUSER")
+        exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = 'coinstream'")
+        password = await conn.fetchval(
+            "SELECT quote_literal($1)", instance.secrets.postgres_password(ADMIN_ROLE)
+        )
+        verb = "ALTER" if exists else "CREATE"
+        await conn.execute(f"{verb} ROLE coinstream LOGIN SUPERUSER PASSWORD {password}")
         if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = 'coinstream'"):
             await conn.execute("CREATE DATABASE coinstream OWNER coinstream")
     finally:
@@ -189,15 +232,17 @@ async def ensure_running(instance: Instance) -> None:
     log = instance.log("postgres")
     started = time.monotonic()
     already = await _is_running(instance, bin_dir)
+    _write_config(instance)  # a running server rereads it below (authentication rules)
     if not already:
-        _write_config(instance)
         log.parent.mkdir(parents=True, exist_ok=True)
         await run(
             _as_owner(bin_dir / "pg_ctl", "start", "-D", instance.postgres_dir, "-w", "-t", "60"),
             what=f"starting PostgreSQL (see {log})",
             log=log,
         )
-    await wait_ready("postgres", lambda: answers(_admin_url(instance)), log=log, timeout_s=60.0)
+    await wait_ready("postgres", lambda: _socket_answers(instance), log=log, timeout_s=60.0)
+    if already:
+        await _reload(instance)
     await _ensure_database(instance)
     took = time.monotonic() - started
     where = f"127.0.0.1:{instance.postgres_port}"

@@ -155,6 +155,25 @@ class Secrets:
             _private(path, secrets.token_urlsafe(24).encode())
         return path.read_text().strip()
 
+    def pgpass_file(self, role: str) -> Path:
+        """A password file (libpq's format, read by asyncpg and psycopg) holding only this
+        role's password: database URLs name it (`?passfile=`) instead of the password,
+        so no URL, environment, command line or traceback shows a password."""
+        path = self.root / "postgres" / f"{role}.pgpass"
+        line = f"*:*:*:{role}:{self.postgres_password(role)}\n".encode()
+        if not path.exists() or path.read_bytes() != line:
+            _private(path, line)
+        return path
+
+    # ─── Provider webhooks ───────────────────────────────────────────────────────
+
+    def webhook_secret_file(self) -> Path:
+        """The HMAC secret the (simulated) card provider signs chargeback notices with."""
+        path = self.root / "webhooks" / "chargebacks.secret"
+        if not path.exists():
+            _private(path, secrets.token_hex(32).encode())
+        return path
+
     # ─── HTTP tokens ─────────────────────────────────────────────────────────────
 
     @property

@@ -44,14 +44,36 @@ def _pid_file(instance: Instance, name: str) -> Path:
 
 
 def infra_env(endpoints: Endpoints, principal: str = acl.OPERATOR) -> dict[str, str]:
-    """This process's environment pointed at the given Kafka and PostgreSQL, with the
-    Kafka settings of `principal` (none of this process's own KAFKA_* settings leak in)."""
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("KAFKA_")}
-    return {
-        **inherited,
-        **endpoints.kafka(principal).environment(),
-        "DATABASE_URL": endpoints.database_url,
+    """This process's environment pointed at the given Kafka and PostgreSQL as
+    `principal`: a service gets its Kafka user and its database role; the operator
+    (set-up) the administrator's database URL and every service's, so that migrations
+    run as the role owning each schema. None of this process's own KAFKA_* or
+    *DATABASE_URL settings leak in."""
+    inherited = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("KAFKA_") and not k.endswith("DATABASE_URL")
     }
+    if principal in SERVICES:
+        database = {
+            "DATABASE_URL": endpoints.database(principal),
+            **_secrets_of(endpoints, principal),
+        }
+    else:
+        database = {
+            "DATABASE_URL": endpoints.database_url,
+            **{f"{s.upper()}_DATABASE_URL": endpoints.database(s) for s in SERVICES},
+        }
+    return {**inherited, **endpoints.kafka(principal).environment(), **database}
+
+
+def _secrets_of(endpoints: Endpoints, service: str) -> dict[str, str]:
+    """The files of the local stack's secrets a service reads (never the secrets)."""
+    if endpoints.secrets is None:
+        return {}
+    if service == "payment":
+        return {"CHARGEBACK_WEBHOOK_SECRET_FILE": str(endpoints.secrets.webhook_secret_file())}
+    return {}
 
 
 async def http_ready(url: str) -> bool:

@@ -18,6 +18,7 @@ from devstack.services import (
     start_service,
     stop_all_services,
 )
+from shared import db_roles
 from shared.kafka_admin import kafka_answers
 from shared.kafka_client import KafkaClientSettings
 from shared.migrations import SERVICES
@@ -69,6 +70,7 @@ async def _ensure_infra(
         database_url or local.database_url,
         secrets=local.secrets,
         kafka_settings=external,
+        database_roles=database_url is None,
     )
     # Side by side: the broker's JVM start and initdb/pg_ctl do not wait for each other.
     await _all(
@@ -77,6 +79,8 @@ async def _ensure_infra(
         if database_url is None
         else postgres.wait_external(database_url),
     )
+    if database_url is None:
+        await db_roles.provision(endpoints.database_url, endpoints.role_passwords())
     if setup:
         await run_setup(endpoints)
     say(f"infra of {instance.name!r} ready in {time.monotonic() - started:.1f}s")

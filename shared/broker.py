@@ -25,6 +25,8 @@ def make_broker(settings: ServiceSettings, registry: CollectorRegistry) -> Kafka
         settings.kafka.bootstrap_servers,
         security=settings.kafka.faststream_security(),
         client_id=f"coinstream-{settings.service_name}",
+        # Topics come from `coinstream setup`; a service's principal may not create them.
+        allow_auto_create_topics=False,
         enable_idempotence=True,
         acks="all",
         linger_ms=2,

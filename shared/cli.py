@@ -5,8 +5,11 @@ import asyncio
 import contextlib
 import importlib
 import json
+import os
+import shlex
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -16,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from shared import acl, contracts, dead_letters, kafka_admin, migrations
+from shared import acl, contracts, db_roles, dead_letters, kafka_admin, migrations
 from shared.dead_letters import DeadLetter, DeadLetterError, Replayed
 from shared.kafka_client import KafkaClientSettings
 from shared.settings import InfraSettings
@@ -53,7 +56,9 @@ def migrate(
     for name in names:
         if name not in migrations.SERVICES:
             raise typer.BadParameter(f"unknown service {name!r}")
-        applied = migrations.apply(settings.database_url, name)
+        # As the role that owns the schema (<SERVICE>_DATABASE_URL), else DATABASE_URL.
+        url = os.environ.get(f"{name.upper()}_DATABASE_URL") or settings.database_url
+        applied = migrations.apply(url, name)
         typer.echo(f"{name}: {len(applied)} migration(s) applied")
 
 
@@ -78,6 +83,29 @@ def acls(
         _err.print(Text(f"error: {error}"), style="red")
         raise typer.Exit(1) from None
     typer.echo(f"acls: {created} created, {len(policy) - created} already there")
+
+
+@app.command()
+def roles(
+    password_dir: Annotated[
+        Path,
+        typer.Option(
+            help="a folder with <role>.password for payment, wallet, gifting, payout and "
+            f"{db_roles.READER}",
+            exists=True,
+            file_okay=False,
+        ),
+    ],
+) -> None:
+    """Create or update the PostgreSQL roles (one per service, owning its schema, and the
+    read-only one) in the database of DATABASE_URL, which must be an administrator's.
+    Idempotent; passwords are read from files and never printed."""
+    passwords = {
+        role: (password_dir / f"{role}.password").read_text().strip()
+        for role in (*db_roles.SERVICES, db_roles.READER)
+    }
+    asyncio.run(db_roles.provision(InfraSettings().database_url, passwords))
+    typer.echo(f"roles: {', '.join(passwords)} provisioned")
 
 
 @app.command()
@@ -126,6 +154,29 @@ def serve(
     if service not in migrations.SERVICES:
         raise typer.BadParameter(f"unknown service {service!r}")
     importlib.import_module(f"services.{service}.main").run()
+
+
+@app.command()
+def credentials(
+    name: Annotated[str, typer.Argument(help="app, operator, payment, wallet, gifting or payout")],
+    instance: Annotated[str, typer.Option(help="the local stack instance")] = "default",
+) -> None:
+    """Print the local stack's settings for NAME as KEY=value lines for a shell:
+    `export $(coinstream credentials app)`. Kafka's password stays in its file
+    (KAFKA_SASL_PASSWORD_FILE); a service also gets its DATABASE_URL, the operator the
+    read-only one (audit, reconcile)."""
+    import devstack  # the local stack's secrets; production brings its own
+
+    if name not in acl.PRINCIPALS:
+        raise typer.BadParameter(f"unknown principal {name!r}; known: {', '.join(acl.PRINCIPALS)}")
+    endpoints = devstack.get_instance(instance).local_endpoints
+    settings = endpoints.kafka(name).environment()
+    if name in acl.SERVICES:
+        settings["DATABASE_URL"] = endpoints.database(name)
+    elif name == acl.OPERATOR:
+        settings["DATABASE_URL"] = endpoints.database(db_roles.READER)
+    for key, value in settings.items():
+        typer.echo(f"{key}={shlex.quote(value)}")
 
 
 # ─── dlq ─────────────────────────────────────────────────────────────────────────────

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 
 import uvicorn
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from faststream.kafka import KafkaRouter
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
@@ -62,14 +64,29 @@ class ServiceKit:
     async def _relay_running(self) -> bool:
         return self._relay_task is not None and not self._relay_task.done()
 
+    async def _connect(self, producer: AIOKafkaProducer) -> None:
+        """Start the consumers and the relay's producer; a broker that cannot be reached
+        or refuses the credentials stops the start-up with one clear line (never a hang:
+        an orchestrator restarts the process and readiness never turns true)."""
+        try:
+            await self.broker.start()
+            await producer.start()
+        except KafkaError as error:
+            log.error(
+                "cannot connect to Kafka at %s: %s (check KAFKA_BOOTSTRAP_SERVERS, "
+                "KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_* and KAFKA_SSL_*)",
+                self.settings.kafka.describe(),
+                error,
+            )
+            raise
+
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Open the pool, start consumers and the relay; stop them in reverse order."""
         await self.db.open()
         producer = relay_producer(self.settings)  # aiokafka wants the running loop
         try:
-            await self.broker.start()
-            await producer.start()
+            await self._connect(producer)
             relay = OutboxRelay(
                 lambda: self.db.pool,
                 schema=self.settings.db_schema,

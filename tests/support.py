@@ -1,6 +1,7 @@
 """Helpers for integration and end-to-end tests: ids, Kafka I/O, polling, services."""
 
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -18,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from starlette.applications import Starlette
 
 from devstack import Endpoints
-from shared import acl
+from shared import acl, db_roles, migrations
 from shared.topics import all_topics
 
 T = TypeVar("T")
@@ -49,6 +50,25 @@ async def drop_database(server_url: str, name: str) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+async def session_database(infra: Endpoints, prefix: str) -> Endpoints:
+    """A database of its own for a test session, set up as a deployment is: the
+    services' roles provisioned in it (each owning its schema), then every service's
+    migrations applied as the role that owns the schema. Returns `infra` pointed at it
+    (`database_url`: the administrator; `database(role)`: a service's or the reader's)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    session = dataclasses.replace(
+        infra, database_url=await create_database(infra.database_url, name)
+    )
+    if session.secrets is not None and session.database_roles:
+        await db_roles.provision(session.database_url, session.role_passwords())
+    migrations.apply_all(session.database)
+    return session
+
+
+async def drop_session_database(infra: Endpoints, session: Endpoints) -> None:
+    await drop_database(infra.database_url, urlsplit(session.database_url).path.lstrip("/"))
 
 
 async def eventually(

@@ -1,6 +1,5 @@
 """The four services as separate processes against the session's real infrastructure."""
 
-import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -11,7 +10,7 @@ import pytest
 import devstack
 from devstack.instances import Instance
 from shared import migrations
-from tests.support import create_database, drop_database, session_groups
+from tests.support import drop_session_database, session_database, session_groups
 
 
 @dataclass
@@ -42,9 +41,7 @@ async def stack(infra: Any) -> AsyncIterator[Stack]:
     Package-scoped: they stop before other test folders run, so no second wallet
     answers the integration tests' messages.
     """
-    name = f"coinstream_e2e_{uuid.uuid4().hex[:8]}"
-    database_url = await create_database(infra.database_url, name)
-    migrations.apply_all(database_url)
+    session = await session_database(infra, "coinstream_e2e")
     instance = devstack.get_instance("test")
     for service in migrations.SERVICES:  # leftovers of an interrupted run, on another database
         await devstack.stop_service(instance, service)
@@ -53,7 +50,7 @@ async def stack(infra: Any) -> AsyncIterator[Stack]:
     await session_groups(infra, prefix)
     running = Stack(
         instance,
-        dataclasses.replace(infra, database_url=database_url),
+        session,
         env={
             "CONSUMER_GROUP_PREFIX": prefix,
             "RELAY_POLL_INTERVAL_S": "0.2",
@@ -66,4 +63,4 @@ async def stack(infra: Any) -> AsyncIterator[Stack]:
     finally:
         for service in migrations.SERVICES:
             await devstack.stop_service(instance, service)
-        await drop_database(infra.database_url, name)
+        await drop_session_database(infra, session)

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from shared import topics
+from shared.db_roles import READER
 from tests.e2e.conftest import Stack
 from tests.e2e.support import balances_become, buy, restart_after_crash
 from tests.support import TopicReader, eventually, publish, run_audit, unique
@@ -107,5 +108,5 @@ async def test_a_service_killed_mid_saga_leaves_every_gift_with_one_outcome(
     assert len(sent) == 3 * len(senders)
     assert {b["reason"] for b in rejected} == {"insufficient_coins"}
     assert not sent & {b["request_id"] for b in rejected}
-    returncode, report = await run_audit(stack.endpoints.database_url)
+    returncode, report = await run_audit(stack.endpoints.database(READER))
     assert returncode == 0, report

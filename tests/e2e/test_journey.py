@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 from shared import topics
+from shared.db_roles import READER
 from tests.e2e.conftest import Stack
 from tests.e2e.support import balances, outcomes_of, register_creators
 from tests.support import TopicReader, eventually, publish, purchase_request, run_audit, unique
@@ -154,7 +155,7 @@ async def test_purchase_gifts_and_payouts_end_in_exact_balances_and_a_clean_audi
     }
     await eventually(lambda: _balances_are(stack, expected))
     assert await _bank_transfers(stack, completed[1]["payout_id"]) == [("paid", 1)]
-    returncode, report = await run_audit(stack.endpoints.database_url)
+    returncode, report = await run_audit(stack.endpoints.database(READER))
     assert returncode == 0, report
 
 

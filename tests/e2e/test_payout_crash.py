@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 from shared import topics
+from shared.db_roles import READER
 from tests.e2e.conftest import Stack
 from tests.e2e.support import balances, outcomes_of, register_creators, restart_after_crash
 from tests.integration.wallet_support import give_diamonds
@@ -91,7 +92,7 @@ async def test_a_service_killed_mid_payout_pays_each_payout_at_most_once(
         if t == topics.PAYOUT_COMPLETED
     ]
     assert await _bank_outcomes(stack, paid_ids) == ["paid"] * len(paid_ids)
-    returncode, report = await run_audit(stack.endpoints.database_url)
+    returncode, report = await run_audit(stack.endpoints.database(READER))
     assert returncode == 0, report
 
 

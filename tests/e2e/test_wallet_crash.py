@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 
 from shared import topics
+from shared.db_roles import READER
 from tests.e2e.conftest import Stack
 from tests.e2e.support import balances_become, buy, coins_by_user, restart_after_crash
 from tests.support import TopicReader, eventually, publish, run_audit, unique
@@ -39,7 +40,7 @@ async def test_the_wallet_killed_mid_batch_of_credits_leaves_every_balance_exact
 
     # One credit event per payment; a relay killed mid-publish may repeat one, same id.
     assert len(credited) == len(events) == 300
-    returncode, report = await run_audit(stack.endpoints.database_url)
+    returncode, report = await run_audit(stack.endpoints.database(READER))
     assert returncode == 0, report
 
 
@@ -86,5 +87,5 @@ async def test_the_wallet_killed_mid_batch_of_clawbacks_takes_every_reversal_bac
         }
 
     assert len(events) == len(charged_back)  # one clawback event per reversed payment
-    returncode, report = await run_audit(stack.endpoints.database_url)
+    returncode, report = await run_audit(stack.endpoints.database(READER))
     assert returncode == 0, report

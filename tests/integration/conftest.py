@@ -6,21 +6,33 @@ from typing import Any, TypeVar
 
 import pytest
 
-from shared import acl, migrations
+from devstack import Endpoints
+from shared import acl, db_roles
 from shared.settings import ServiceSettings
-from tests.support import create_database, drop_database, session_groups
+from tests.support import drop_session_database, session_database, session_groups
 
 S = TypeVar("S", bound=ServiceSettings)
 
 
 @pytest.fixture(scope="session")
-async def database_url(infra: Any) -> AsyncIterator[str]:
-    """A database of its own for this test session, with every service's schema migrated."""
-    name = f"coinstream_it_{uuid.uuid4().hex[:8]}"
-    url = await create_database(infra.database_url, name)
-    migrations.apply_all(url)
-    yield url
-    await drop_database(infra.database_url, name)
+async def database(infra: Any) -> AsyncIterator[Endpoints]:
+    """A database of its own for this test session: the services' roles provisioned,
+    every schema migrated by its owner (`database.database(role)` logs in as a role)."""
+    session = await session_database(infra, "coinstream_it")
+    yield session
+    await drop_session_database(infra, session)
+
+
+@pytest.fixture(scope="session")
+def database_url(database: Endpoints) -> str:
+    """The session database as its administrator (for a test's own checks)."""
+    return database.database_url
+
+
+@pytest.fixture(scope="session")
+def reader_url(database: Endpoints) -> str:
+    """The session database as the operators' read-only role (audit, reconcile)."""
+    return database.database(db_roles.READER)
 
 
 @pytest.fixture(scope="session")
@@ -37,14 +49,15 @@ async def group_prefix(infra: Any) -> str:
 
 
 @pytest.fixture(scope="session")
-def service_settings(infra: Any, database_url: str, group_prefix: str) -> Callable[..., Any]:
+def service_settings(infra: Any, database: Endpoints, group_prefix: str) -> Callable[..., Any]:
     """Build a service's settings pointing at the test infrastructure."""
 
     def build(cls: type[S], **overrides: Any) -> S:
         values: dict[str, Any] = {
             # Each service as its own principal; a test's own settings class as the operator.
             "kafka": infra.kafka(cls.service_name or acl.OPERATOR),
-            "database_url": database_url,
+            # Each service as its own database role; a test's own class as the administrator.
+            "database_url": database.database(cls.service_name or None),
             "consumer_group_prefix": group_prefix,
             "relay_poll_interval_s": 0.2,
             **overrides,

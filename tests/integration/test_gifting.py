@@ -347,8 +347,8 @@ async def test_a_spending_limit_holds_until_its_period_ends(
     assert (await balance_of(saga.wallet, sender))["coins"] == 50
 
 
-async def test_the_audit_passes_after_the_gifts(saga: Saga, database_url: str) -> None:
-    returncode, report = await run_audit(database_url)
+async def test_the_audit_passes_after_the_gifts(saga: Saga, reader_url: str) -> None:
+    returncode, report = await run_audit(reader_url)  # as the operators' read-only role
     assert returncode == 0, report
     assert "coins spent on gifts = diamonds issued" in report
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from devstack.errors import DevstackError
 from devstack.instances import Instance
 from devstack.procs import live_pid, locked, run, say, spawn, stop, wait_ready
-from devstack.secrets import KAFKA_USERS, SCRAM_MECHANISM
+from devstack.secrets import KAFKA_USERS, SCRAM_MECHANISM, Secrets
 from shared import acl
 from shared.kafka_admin import kafka_answers
 from shared.kafka_client import KafkaClientSettings
@@ -91,37 +91,51 @@ def _java(libs: Path) -> list[str]:
     ]
 
 
-def _write_config(instance: Instance) -> Path:
-    """server.properties of a single node that is its own controller quorum; rewritten at
-    every start so that it always matches the instance's ports.
+def broker_properties(
+    *,
+    broker_password: str,
+    listeners: dict[str, tuple[str, str]],
+    controller: str,
+    keystore: str,
+    truststore: str,
+    log_dir: str,
+) -> dict[str, str]:
+    """server.properties of a single secure node that is its own controller quorum.
 
-    Secure by default: clients authenticate with SASL SCRAM-SHA-512 over TLS (the
-    instance's CA and broker certificate), the controller listener with SASL PLAIN over
-    TLS for the broker's own user, and KRaft's StandardAuthorizer allows only what
-    `shared.acl` grants. `broker` and `operator` are super users.
+    `listeners`: client listener name → (bind address, advertised address); the first is
+    also the inter-broker one. Clients authenticate with SASL SCRAM-SHA-512 over TLS (the
+    stack's CA and broker certificate, PEM files), the controller listener with SASL PLAIN
+    over TLS for the broker's own user (the controller cannot read SCRAM users before it
+    has the metadata), and KRaft's StandardAuthorizer allows only what `shared.acl`
+    grants; `broker` and `operator` are super users.
     """
-    secrets = instance.secrets
-    data = instance.kafka_dir / "data"
-    listen = f"127.0.0.1:{instance.kafka_port}"
-    controller = f"127.0.0.1:{instance.kafka_controller_port}"
-    broker_password = secrets.kafka_password(acl.BROKER)
+    names = list(listeners)
     settings = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@{controller}",
-        "listeners": f"SASL_SSL://{listen},CONTROLLER://{controller}",
-        "advertised.listeners": f"SASL_SSL://{listen}",
+        "listeners": ",".join(
+            [
+                *(f"{name}://{bind}" for name, (bind, _) in listeners.items()),
+                f"CONTROLLER://{controller}",
+            ]
+        ),
+        "advertised.listeners": ",".join(
+            f"{name}://{advertised}" for name, (_, advertised) in listeners.items()
+        ),
         "controller.listener.names": "CONTROLLER",
-        "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:SASL_SSL",
-        "inter.broker.listener.name": "SASL_SSL",
-        # Clients: SCRAM, whose users live in the cluster's metadata (made at format).
+        "listener.security.protocol.map": ",".join(
+            f"{name}:SASL_SSL" for name in [*names, "CONTROLLER"]
+        ),
+        "inter.broker.listener.name": names[0],
         "sasl.enabled.mechanisms": SCRAM_MECHANISM,
         "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
-        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": _jaas(
-            "scram.ScramLoginModule", broker_password
-        ),
-        # The controller cannot read SCRAM users before it has the metadata, so the
-        # broker's own user is configured for it here (PLAIN, inside TLS).
+        **{
+            f"listener.name.{name.lower()}.scram-sha-512.sasl.jaas.config": _jaas(
+                "scram.ScramLoginModule", broker_password
+            )
+            for name in names
+        },
         "sasl.mechanism.controller.protocol": "PLAIN",
         "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
         "listener.name.controller.plain.sasl.jaas.config": _jaas(
@@ -130,30 +144,64 @@ def _write_config(instance: Instance) -> Path:
             f'user_{acl.BROKER}="{broker_password}"',
         ),
         "ssl.keystore.type": "PEM",
-        "ssl.keystore.location": str(secrets.broker_pem),
+        "ssl.keystore.location": keystore,
         "ssl.truststore.type": "PEM",
-        "ssl.truststore.location": str(secrets.ca_file),
+        "ssl.truststore.location": truststore,
         "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
         "super.users": f"User:{acl.BROKER};User:{acl.OPERATOR}",
         "allow.everyone.if.no.acl.found": "false",
-        "log.dirs": str(data),
+        "log.dirs": log_dir,
         "num.partitions": "6",
         # One node: internal topics cannot have more than one replica.
         "offsets.topic.replication.factor": "1",
         "offsets.topic.num.partitions": "6",
         "transaction.state.log.replication.factor": "1",
         "transaction.state.log.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
         # A consumer group should not wait 3 s for more members in tests and demos.
         "group.initial.rebalance.delay.ms": "0",
         # Topics come from `coinstream setup` only, as in production: a typo fails loudly.
         "auto.create.topics.enable": "false",
     }
-    path = instance.kafka_dir / "server.properties"
+    return settings
+
+
+def scram_format_args(secrets: Secrets) -> list[str]:
+    """`kafka-storage format` arguments that create every SASL user of the stack."""
+    return [
+        arg
+        for user in KAFKA_USERS
+        for arg in (
+            "--add-scram",
+            f"{SCRAM_MECHANISM}=[name={user},password={secrets.kafka_password(user)}]",
+        )
+    ]
+
+
+def write_properties(path: Path, settings: dict[str, str]) -> None:
+    """Write a .properties file readable by its owner only (it holds a password)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # It holds the broker's password: readable by its owner only.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write("".join(f"{key}={value}\n" for key, value in settings.items()))
+
+
+def _write_config(instance: Instance) -> Path:
+    """The instance's server.properties, rewritten at every start so that it always
+    matches the instance's ports (see `broker_properties`)."""
+    secrets = instance.secrets
+    listen = f"127.0.0.1:{instance.kafka_port}"
+    settings = broker_properties(
+        broker_password=secrets.kafka_password(acl.BROKER),
+        listeners={"SASL_SSL": (listen, listen)},
+        controller=f"127.0.0.1:{instance.kafka_controller_port}",
+        keystore=str(secrets.broker_pem),
+        truststore=str(secrets.ca_file),
+        log_dir=str(instance.kafka_dir / "data"),
+    )
+    path = instance.kafka_dir / "server.properties"
+    write_properties(path, settings)
     return path
 
 
@@ -175,14 +223,7 @@ async def _format_storage(instance: Instance, java: list[str], config: Path) -> 
         shutil.rmtree(data)
     output = await run([*java, "kafka.tools.StorageTool", "random-uuid"], what="kafka random-uuid")
     cluster_id = output.split()[-1]
-    users = [
-        arg
-        for user in KAFKA_USERS
-        for arg in (
-            "--add-scram",
-            f"{SCRAM_MECHANISM}=[name={user},password={instance.secrets.kafka_password(user)}]",
-        )
-    ]
+    users = scram_format_args(instance.secrets)
     await run(
         [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config), *users],
         what="formatting Kafka storage",

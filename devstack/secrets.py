@@ -28,6 +28,11 @@ KAFKA_USERS = (*acl.PRINCIPALS, acl.BROKER)
 SCRAM_MECHANISM = "SCRAM-SHA-512"
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write a text secret readable by its owner only."""
+    _private(path, text.encode())
+
+
 def _private(path: Path, data: bytes) -> None:
     """Write a secret readable by its owner only (created 0600, never widened)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

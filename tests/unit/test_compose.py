@@ -23,6 +23,9 @@ from typing import Any
 
 import pytest
 
+from devstack.compose_secrets import write as write_compose_secrets
+from shared import acl
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -148,11 +151,53 @@ def test_no_version_key_and_no_fixed_container_names() -> None:
 def test_kafka_is_apache_kafka_kraft_with_a_real_healthcheck(model: dict[str, Any]) -> None:
     kafka = model["services"]["kafka"]
     assert kafka["image"] == "apache/kafka:4.3.1"
-    env = kafka["environment"]
-    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
-    assert "INTERNAL://kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"]
-    assert "127.0.0.1:9092" in env["KAFKA_ADVERTISED_LISTENERS"]
-    assert "kafka-broker-api-versions.sh" in " ".join(kafka["healthcheck"]["test"])
+    assert kafka["depends_on"]["secrets"]["condition"] == "service_completed_successfully"
+    script = " ".join(kafka["command"])
+    assert "kafka-storage.sh format --ignore-formatted" in script
+    assert "/secrets/kafka/server.properties" in script
+    check = " ".join(kafka["healthcheck"]["test"])
+    assert "kafka-broker-api-versions.sh" in check
+    assert "--command-config /secrets/kafka/operator.properties" in check
+
+
+def test_the_broker_config_compose_runs_is_secure(tmp_path: Path) -> None:
+    """What the `secrets` container writes for the broker: SASL SCRAM over TLS on both
+    client listeners, host clients told to stay on 127.0.0.1:9092, ACLs enforced."""
+    write_compose_secrets(tmp_path)
+    lines = (tmp_path / "kafka" / "server.properties").read_text().splitlines()
+    props = dict(line.split("=", 1) for line in lines)
+    assert props["advertised.listeners"] == "INTERNAL://kafka:9092,HOST://127.0.0.1:9092"
+    assert props["listener.security.protocol.map"] == (
+        "INTERNAL:SASL_SSL,HOST:SASL_SSL,CONTROLLER:SASL_SSL"
+    )
+    assert props["authorizer.class.name"].endswith("StandardAuthorizer")
+    assert props["allow.everyone.if.no.acl.found"] == "false"
+    assert props["process.roles"] == "broker,controller"
+    users = (tmp_path / "kafka" / "format-args").read_text().split()
+    assert {u.split("name=")[1].split(",")[0] for u in users if "name=" in u} == {
+        *acl.PRINCIPALS,
+        acl.BROKER,
+    }
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and path.name != "ca.pem":
+            assert path.stat().st_mode & 0o077 == 0, path  # secrets: owner only
+
+
+def test_each_component_logs_in_as_itself_and_no_secret_is_in_the_file(
+    model: dict[str, Any],
+) -> None:
+    services = model["services"]
+    for name in (*SERVICES, "setup"):
+        env = services[name]["environment"]
+        principal = "operator" if name == "setup" else name
+        assert env["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+        assert env["KAFKA_SASL_USERNAME"] == principal
+        assert env["KAFKA_SASL_PASSWORD_FILE"] == f"/secrets/kafka/{principal}.password"
+        role = "coinstream" if name == "setup" else name
+        assert env["DATABASE_URL"].startswith(f"postgresql://{role}@postgres:5432/")
+        assert "passfile=/secrets/postgres/" in env["DATABASE_URL"]
+    assert "POSTGRES_PASSWORD" not in services["postgres"]["environment"]
+    assert "password=" not in COMPOSE.read_text().lower()
 
 
 def test_postgres_healthcheck_runs_a_query(model: dict[str, Any]) -> None:
@@ -164,7 +209,9 @@ def test_postgres_healthcheck_runs_a_query(model: dict[str, Any]) -> None:
 
 def test_setup_runs_once_after_kafka_and_postgres(model: dict[str, Any]) -> None:
     setup = model["services"]["setup"]
-    assert setup["command"] == ["coinstream", "setup"]
+    assert setup["command"][-1] == (
+        "coinstream roles --password-dir /secrets/postgres && coinstream setup"
+    )
     assert setup["restart"] == "no"
     for dep in ("kafka", "postgres"):
         assert setup["depends_on"][dep]["condition"] == "service_healthy"

@@ -6,7 +6,6 @@ import contextlib
 import importlib
 import json
 import os
-import shlex
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +21,7 @@ from rich.text import Text
 from shared import acl, contracts, db_roles, dead_letters, kafka_admin, migrations
 from shared.dead_letters import DeadLetter, DeadLetterError, Replayed
 from shared.kafka_client import KafkaClientSettings
+from shared.reconcile.cli import reconcile
 from shared.settings import InfraSettings
 
 app = typer.Typer(no_args_is_help=True, help="Operate a coinstream deployment.")
@@ -30,6 +30,7 @@ dlq_app = typer.Typer(
     help="Inspect and replay dead letters (<topic>.dlq). Exit 1 on an error, 2 on misuse.",
 )
 app.add_typer(dlq_app, name="dlq")
+app.command()(reconcile)  # coinstream reconcile (shared/reconcile/)
 
 
 @app.command()
@@ -133,14 +134,16 @@ def publish(
         if model is None:
             raise typer.BadParameter(f"no contract key known for {topic!r}; pass --key")
         key = str(body[model.key_field])
-    asyncio.run(_publish(InfraSettings().kafka, topic, key, message.encode()))
+    kafka = InfraSettings().kafka
+    with _operator_errors():  # e.g. a topic this principal may not write: one clear line
+        asyncio.run(_publish(kafka, topic, key, message.encode()))
     typer.echo(f"published to {topic} with key {key}")
 
 
 async def _publish(kafka: KafkaClientSettings, topic: str, key: str, value: bytes) -> None:
     producer = AIOKafkaProducer(**kafka.client_options(), enable_idempotence=True)
-    await producer.start()
     try:
+        await producer.start()
         await producer.send_and_wait(topic, value, key=key.encode())
     finally:
         await producer.stop()
@@ -176,7 +179,7 @@ def credentials(
     elif name == acl.OPERATOR:
         settings["DATABASE_URL"] = endpoints.database(db_roles.READER)
     for key, value in settings.items():
-        typer.echo(f"{key}={shlex.quote(value)}")
+        typer.echo(f"{key}={value}")  # no spaces in any: `export $(...)` takes them
 
 
 # ─── dlq ─────────────────────────────────────────────────────────────────────────────

@@ -17,6 +17,7 @@ import asyncpg
 from devstack.errors import DevstackError
 from devstack.instances import ADMIN_ROLE, Instance
 from devstack.procs import pid_alive, run, say, succeeds, wait_ready
+from shared import db_roles
 
 OS_USER = "coinstream"
 
@@ -205,12 +206,15 @@ async def _ensure_database(instance: Instance) -> None:
     come from `shared.db_roles.provision` once the database exists."""
     conn = await _socket_connect(instance)
     try:
-        exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = 'coinstream'")
-        password = await conn.fetchval(
-            "SELECT quote_literal($1)", instance.secrets.postgres_password(ADMIN_ROLE)
+        stored = await conn.fetchrow(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = $1", ADMIN_ROLE
         )
-        verb = "ALTER" if exists else "CREATE"
-        await conn.execute(f"{verb} ROLE coinstream LOGIN SUPERUSER PASSWORD {password}")
+        password = instance.secrets.postgres_password(ADMIN_ROLE)
+        if stored is None or not db_roles.verifies(password, stored["rolpassword"]):
+            # A verifier, not the password: the server logs a failed statement's text.
+            verifier = db_roles.scram_verifier(password)
+            verb = "CREATE" if stored is None else "ALTER"
+            await conn.execute(f"{verb} ROLE coinstream LOGIN SUPERUSER PASSWORD '{verifier}'")
         if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = 'coinstream'"):
             await conn.execute("CREATE DATABASE coinstream OWNER coinstream")
     finally:

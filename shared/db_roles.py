@@ -16,6 +16,11 @@ Services then log in as their role (`<SERVICE>_DATABASE_URL`), migrations run as
 owning role, and the audit and reconciliation as the reader.
 """
 
+import base64
+import hashlib
+import hmac
+import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,14 +78,68 @@ async def provision(admin_url: str, passwords: Mapping[str, str]) -> None:
 
 
 async def _login_role(conn: asyncpg.Connection, role: Role) -> None:
-    exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role.name)
-    verb = "ALTER" if exists else "CREATE"
-    # A password cannot be a bind parameter in DDL; quote it as a literal on the server.
-    literal = await conn.fetchval("SELECT quote_literal($1)", role.password)
-    await conn.execute(
-        f"{verb} ROLE {_ident(role.name)} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
-        f"NOINHERIT NOREPLICATION NOBYPASSRLS PASSWORD {literal}"
+    """Create the role, or bring an existing one to these attributes and this password.
+
+    The password travels as a SCRAM-SHA-256 verifier made here, never in clear (a failed
+    statement is written to the server's log with its text), and is only set when the
+    stored one does not already verify it: provisioning again writes nothing, so
+    concurrent runs (two test sessions) do not collide on the role's row.
+    """
+    attributes = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS"
+    stored = await conn.fetchrow(
+        "SELECT rolpassword, rolcanlogin, rolsuper, rolinherit FROM pg_authid WHERE rolname = $1",
+        role.name,
     )
+    if stored is None:
+        try:
+            await conn.execute(
+                f"CREATE ROLE {_ident(role.name)} {attributes} "
+                f"PASSWORD {_literal(scram_verifier(role.password))}"
+            )
+            return
+        except asyncpg.DuplicateObjectError:  # another run created it meanwhile
+            return await _login_role(conn, role)
+    if not (stored["rolcanlogin"] and not stored["rolsuper"] and not stored["rolinherit"]):
+        await conn.execute(f"ALTER ROLE {_ident(role.name)} {attributes}")
+    if not verifies(role.password, stored["rolpassword"]):
+        verifier = _literal(scram_verifier(role.password))
+        await conn.execute(f"ALTER ROLE {_ident(role.name)} PASSWORD {verifier}")
+
+
+def scram_verifier(password: str, *, iterations: int = 4096) -> str:
+    """What PostgreSQL stores for a password (`SCRAM-SHA-256$iter:salt$stored:server`):
+    given in place of the password, the password itself never reaches the server."""
+    salt = os.urandom(16)
+    stored_key, server_key = _scram_keys(password, salt, iterations)
+    return f"SCRAM-SHA-256${iterations}:{_b64(salt)}${_b64(stored_key)}:{_b64(server_key)}"
+
+
+def verifies(password: str, verifier: str | None) -> bool:
+    """Whether a stored SCRAM-SHA-256 verifier is the one of `password`."""
+    match = re.fullmatch(r"SCRAM-SHA-256\$(\d+):([^$]+)\$([^:]+):(.+)", verifier or "")
+    if match is None:
+        return False
+    iterations, salt, stored_key, server_key = match.groups()
+    expected = _scram_keys(password, base64.b64decode(salt), int(iterations))
+    given = (base64.b64decode(stored_key), base64.b64decode(server_key))
+    return all(hmac.compare_digest(a, b) for a, b in zip(expected, given, strict=True))
+
+
+def _scram_keys(password: str, salt: bytes, iterations: int) -> tuple[bytes, bytes]:
+    # RFC 5802/7677 as PostgreSQL implements it (SASLprep leaves ASCII passwords alone).
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    return hashlib.sha256(client_key).digest(), server_key
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _literal(text: str) -> str:
+    """A SQL string literal (the verifier holds no quote, but say so in one place)."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 async def _lock_down_database(conn: asyncpg.Connection, database: str) -> None:

@@ -244,6 +244,10 @@ async def ensure_running(instance: Instance) -> None:
     """Start the instance's broker unless it runs, then wait until it answers."""
     kafka = instance.local_endpoints.kafka()
     log = instance.log("kafka")
+    if pid(instance) is not None and not (instance.kafka_dir / "secured").exists():
+        # A broker started before the stack was secured (plaintext): replace it.
+        say("kafka: the running broker predates SASL/TLS; restarting it secured")
+        await stop_broker(instance)
     already = pid(instance) is not None
     started = time.monotonic()
     if not already:

@@ -1,0 +1,93 @@
+"""`coinstream reconcile`: the command (shared/cli.py registers it)."""
+
+import asyncio
+import json
+from collections.abc import Coroutine
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from shared.reconcile import providers, report
+from shared.reconcile.report import READ_ERRORS, Report
+from shared.reconcile.watch import serve_metrics, watch
+from shared.settings import InfraSettings
+
+
+class BankBooks(StrEnum):
+    simulated = "simulated"
+    none = "none"
+
+
+def reconcile(
+    grace: Annotated[
+        float,
+        typer.Option(
+            min=0, help="seconds a record may still be in flight; younger ones are not judged"
+        ),
+    ] = 300,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="default: DATABASE_URL; a read-only role on the four schemas"),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="one JSON object (a line per run)")
+    ] = False,
+    watch_: Annotated[
+        bool, typer.Option("--watch", help="run again every --interval until stopped")
+    ] = False,
+    interval: Annotated[float, typer.Option(min=1, help="seconds between runs")] = 60,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="with --watch: serve Prometheus gauges on this port")
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="address the metrics listen on")] = (
+        "127.0.0.1"
+    ),
+    examples: Annotated[
+        int, typer.Option(min=0, help="findings shown per check; 0: all of them")
+    ] = 10,
+    bank: Annotated[
+        BankBooks, typer.Option(help="the bank's books to ask: the simulated bank's table")
+    ] = BankBooks.simulated,
+) -> None:
+    """Match every service's records against the others' and report what does not match.
+
+    Reads the four schemas in one snapshot and judges the records older than --grace.
+    Exit 0 when everything matches, 1 on a mismatch, 2 when the database cannot be read.
+    """
+    url = database_url or InfraSettings().database_url
+    where = report.without_password(url)
+    lookups = providers.providers(bank=bank.value)
+    out = Console(highlight=False)
+
+    def run_once() -> Coroutine[Any, Any, Report]:
+        return report.run(url, grace_s=grace, providers=lookups, examples=examples or None)
+
+    def show(found: Report) -> None:
+        if as_json:
+            print(json.dumps(report.as_json(found, where)), flush=True)
+        else:
+            report.render(found, out, where)
+
+    def unreadable(error: BaseException) -> None:
+        if as_json:
+            print(json.dumps({"database": where, "error": str(error)}), flush=True)
+        else:
+            out.print(f"[bold red]cannot reconcile {escape(where)}[/]: {escape(str(error))}")
+
+    if not watch_:
+        if metrics_port is not None:
+            raise typer.BadParameter("only with --watch", param_hint="--metrics-port")
+        try:
+            found = asyncio.run(run_once())
+        except READ_ERRORS as error:
+            unreadable(error)
+            raise typer.Exit(2) from None
+        show(found)
+        raise typer.Exit(0 if found.ok else 1)
+    metrics = serve_metrics(metrics_host, metrics_port) if metrics_port is not None else None
+    asyncio.run(
+        watch(run_once, interval_s=interval, on_report=show, on_error=unreadable, metrics=metrics)
+    )

@@ -1,0 +1,103 @@
+"""`--watch`: reconcile every interval and export the outcome as Prometheus gauges."""
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+from shared.reconcile.report import READ_ERRORS, Report
+
+
+class Metrics:
+    """The gauges of the last run, served at http://HOST:PORT/metrics."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.mismatches = Gauge(
+            "coinstream_reconcile_mismatches",
+            "Records older than the grace period that do not match, per check",
+            ["check"],
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "coinstream_reconcile_in_flight",
+            "Records younger than the grace period that do not match yet, per check",
+            ["check"],
+            registry=registry,
+        )
+        self.not_checked = Gauge(
+            "coinstream_reconcile_not_checked",
+            "1 for a check that could not run (the report says why)",
+            ["check"],
+            registry=registry,
+        )
+        self.last_run = Gauge(
+            "coinstream_reconcile_last_run_timestamp_seconds",
+            "When the last run ended (Unix time), whatever its outcome",
+            registry=registry,
+        )
+        self.last_success = Gauge(
+            "coinstream_reconcile_last_run_success",
+            "1 when the last run read every schema, 0 when the database could not be read",
+            registry=registry,
+        )
+        self.last_success_time = Gauge(
+            "coinstream_reconcile_last_success_timestamp_seconds",
+            "When the last run that read every schema ended (Unix time)",
+            registry=registry,
+        )
+
+    def record(self, report: Report) -> None:
+        for result in report.results:
+            key = result.check.key
+            self.not_checked.labels(key).set(result.not_checked is not None)
+            if result.not_checked is None:
+                self.mismatches.labels(key).set(result.mismatches)
+                self.in_flight.labels(key).set(result.in_flight)
+        now = time.time()
+        self.last_run.set(now)
+        self.last_success.set(1)
+        self.last_success_time.set(now)
+
+    def failed(self) -> None:
+        """The database could not be read: the mismatch gauges keep the last values seen."""
+        self.last_run.set(time.time())
+        self.last_success.set(0)
+
+
+def serve_metrics(host: str, port: int) -> Metrics:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    start_http_server(port, addr=host, registry=registry)
+    return metrics
+
+
+async def watch(
+    run_once: Callable[[], Awaitable[Report]],
+    *,
+    interval_s: float,
+    on_report: Callable[[Report], None],
+    on_error: Callable[[BaseException], None],
+    metrics: Metrics | None,
+) -> None:
+    """Reconcile every `interval_s` until SIGINT or SIGTERM. A run that cannot read the
+    database is reported and the watch goes on (the database may come back)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    while not stop.is_set():
+        try:
+            report = await run_once()
+        except READ_ERRORS as error:
+            on_error(error)
+            if metrics is not None:
+                metrics.failed()
+        else:
+            on_report(report)
+            if metrics is not None:
+                metrics.record(report)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)

@@ -1,0 +1,73 @@
+"""The reconciliation's registry, provider comparison and gauges, without a database
+(tests/integration/test_reconcile.py runs the checks on real records)."""
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from shared.reconcile.checks import REGISTRY, PayoutsWerePaid, ProviderCheck, Result, SqlCheck
+from shared.reconcile.providers import CARD_NOT_RECORDED, ProviderRecord, providers
+from shared.reconcile.report import Report
+from shared.reconcile.watch import Metrics
+
+
+def test_every_check_is_registered_once_with_its_name_key_and_advice() -> None:
+    keys = [check.key for check in REGISTRY]
+    names = [check.name for check in REGISTRY]
+    assert len(set(keys)) == len(keys) == len(set(names)) == 12
+    for check in REGISTRY:
+        assert isinstance(check, SqlCheck | ProviderCheck)
+        assert check.advice and check.key.isidentifier()
+
+
+def test_the_card_provider_is_not_checked_and_the_bank_books_are_read() -> None:
+    lookups = providers()
+    assert lookups.card.unavailable == CARD_NOT_RECORDED
+    assert lookups.bank.unavailable is None
+    assert providers(bank="none").bank.unavailable is not None
+    with pytest.raises(ValueError, match="unknown bank"):
+        providers(bank="stripe")
+
+
+@pytest.mark.parametrize(
+    ("record", "problem"),
+    [
+        (ProviderRecord("paid", 2000, "USD"), None),
+        (None, "the provider has no record of it"),
+        (ProviderRecord("rejected", 2000, "USD"), "the provider says rejected"),
+        (ProviderRecord("paid", 1999, "USD"), "the provider moved 1999 USD (minor units)"),
+        (ProviderRecord("paid", 2000, "EUR"), "the provider moved 2000 EUR (minor units)"),
+    ],
+)
+def test_a_payout_matches_the_bank_only_when_paid_the_same_amount(
+    record: ProviderRecord | None, problem: str | None
+) -> None:
+    row: Any = {"amount_minor": 2000, "currency": "USD"}
+    assert PayoutsWerePaid().problem(row, record) == problem
+
+
+def test_the_gauges_show_each_check_and_whether_the_last_run_read_the_database() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    credits, card = REGISTRY[0], next(c for c in REGISTRY if c.key == "purchases_without_charge")
+    report = Report(
+        [Result(credits, judged=5, mismatches=2, in_flight=1), Result(card, not_checked="no")],
+        datetime.now(UTC),
+        300,
+    )
+    metrics.record(report)
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert value("coinstream_reconcile_mismatches", check=credits.key) == 2
+    assert value("coinstream_reconcile_in_flight", check=credits.key) == 1
+    assert value("coinstream_reconcile_not_checked", check=card.key) == 1
+    assert value("coinstream_reconcile_mismatches", check=card.key) is None
+    assert value("coinstream_reconcile_last_run_success") == 1
+
+    metrics.failed()
+    assert value("coinstream_reconcile_last_run_success") == 0
+    assert value("coinstream_reconcile_mismatches", check=credits.key) == 2  # last seen

@@ -267,6 +267,7 @@ class GiftDebitAnswered(Event):
     debited: bool
     reason: GiftDebitRefusal | None = None
     balance_after: int | None = None  # the sender's coins after the debit
+    coins: int | None = None  # the coins asked for: gifting checks them against its request
 
 
 # --- payout holds (internal: payout <-> wallet, not in CONTRACT.md) ---------------------
@@ -297,6 +298,9 @@ class DiamondsHoldAnswered(Event):
     creator_id: Id
     held: bool
     reason: Literal["insufficient_diamonds", "invalid_request"] | None = None
+    # The diamonds asked for, which payout checks against its payout (0: not said, as
+    # in answers from before this field).
+    diamonds: int = 0
 
 
 # --- payout ----------------------------------------------------------------------------
@@ -339,6 +343,10 @@ class PayoutFailed(Event):
 
     creator_id: Id
     reason: PayoutFailureReason
+    # The payout as recorded (added later; absent, None and 0 in older events): the
+    # wallet voids a hold only for the payout_id and diamonds it holds.
+    payout_id: Id | None = None
+    diamonds: int = 0
 
 
 REQUESTS: dict[str, type[Message]] = {

@@ -8,7 +8,8 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Literal
 
-from shared.contracts import GiftRejectionReason, GiftRequested
+from services.gifting.errors import GiftAnswerMismatchError, UnknownGiftRequestError
+from shared.contracts import GiftDebitAnswered, GiftRejectionReason, GiftRequested
 
 Status = Literal["pending", "sent", "rejected"]
 
@@ -84,6 +85,37 @@ def decide(request: GiftRequested, gift: Gift | None, rules: GiftRules) -> GiftO
         return order
     coins = gift.coins * request.quantity
     return replace(order, coins=coins, diamonds=creator_diamonds(coins, rules.creator_share))
+
+
+def answer(order: GiftOrder | None, answer: GiftDebitAnswered) -> GiftOrder | None:
+    """The request as the wallet's answer settles it (sent, or rejected with the
+    wallet's reason), or None for a redelivery of the answer it already got.
+
+    Only a request this service sent to the wallet, with the same sender, creator and
+    coins, that is pending (or got this very outcome) is settled: a forged answer
+    would announce a gift nobody paid for, or refuse one that was paid.
+    """
+    if order is None:
+        raise UnknownGiftRequestError(f"gift answer for {answer.request_id}: no such request")
+    if (answer.sender_id, answer.creator_id) != (order.sender_id, order.creator_id) or (
+        answer.coins is not None and answer.coins != order.coins
+    ):
+        raise GiftAnswerMismatchError(
+            f"gift answer for {answer.request_id} says {answer.sender_id} -> "
+            f"{answer.creator_id}, {answer.coins} coins; the request is {order.sender_id} -> "
+            f"{order.creator_id}, {order.coins} coins"
+        )
+    reason = None if answer.debited else answer.reason or "invalid_request"
+    status: Status = "sent" if reason is None else "rejected"
+    if order.status == "pending":
+        return replace(order, status=status, reason=reason)
+    # Priced requests cost coins; one rejected before pricing never went to the wallet.
+    if order.coins > 0 and (order.status, order.reason) == (status, reason):
+        return None
+    raise GiftAnswerMismatchError(
+        f"gift answer for {answer.request_id} says {status} ({reason}); the request is "
+        f"{order.status} ({order.reason})"
+    )
 
 
 def fingerprint(request: GiftRequested) -> str:

@@ -62,6 +62,20 @@ class GiftingRepository:
         )
         return {row["request_id"]: _order(row) for row in rows}
 
+    async def lock_by_request_ids(
+        self, conn: Connection, *, request_ids: Sequence[str]
+    ) -> dict[str, GiftOrder]:
+        """These requests, locked (in key order) until the transaction ends, so each is
+        checked and settled by one transaction at a time."""
+        rows = await conn.fetch(
+            f"""
+            SELECT {_COLUMNS} FROM gift_requests WHERE request_id = ANY($1)
+            ORDER BY request_id FOR UPDATE
+            """,
+            list(request_ids),
+        )
+        return {row["request_id"]: _order(row) for row in rows}
+
     async def add_new(
         self, conn: Connection, *, orders: Sequence[GiftOrder], requested_at: Sequence[datetime]
     ) -> set[str]:

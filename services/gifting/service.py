@@ -97,12 +97,14 @@ class GiftingService:
             refuse_if_different(known[request.request_id].fingerprint, request, domain.fingerprint)
 
     async def handle_answers(self, answers: Sequence[GiftDebitAnswered]) -> None:
-        """Give each paid or refused gift its one outcome, and rank sent gifts."""
-        outcomes: dict[str, str | None] = {}
-        for answer in answers:
-            refusal = None if answer.debited else answer.reason or "invalid_request"
-            outcomes.setdefault(answer.request_id, refusal)
+        """Give each paid or refused gift its one outcome, and rank sent gifts.
+
+        An answer for a request this service never sent to the wallet, or that does not
+        match it, fails the batch with a `PermanentError`: the consumer isolates and
+        dead-letters it, and no request is settled by it.
+        """
         async with self._db.transaction() as conn:
+            outcomes = await self._outcomes(conn, answers)
             settled = await self._repository.settle_many(conn, outcomes=outcomes)
             order = {request_id: i for i, request_id in enumerate(outcomes)}
             settled.sort(key=lambda s: order[s.order.request_id])
@@ -111,6 +113,22 @@ class GiftingService:
             crash_point("gifting.answers.before_commit")
         crash_point("gifting.answers.after_commit")
         self._observe(settled)
+
+    async def _outcomes(
+        self, conn: Connection, answers: Sequence[GiftDebitAnswered]
+    ) -> dict[str, str | None]:
+        """request_id -> None (sent) or the refusal, for the pending requests the answers
+        settle, checked against what this service recorded."""
+        orders = await self._repository.lock_by_request_ids(
+            conn, request_ids=sorted({a.request_id for a in answers})
+        )
+        outcomes: dict[str, str | None] = {}
+        for answer in answers:  # in order: a second answer sees what the first did
+            order = domain.answer(orders.get(answer.request_id), answer)
+            if order is not None:
+                orders[order.request_id] = order
+                outcomes[order.request_id] = order.reason
+        return outcomes
 
     def _observe(self, settled: list[Settled]) -> None:
         now = datetime.now(UTC)

@@ -5,12 +5,13 @@ whether a request may go on to reserve diamonds, and `amount` prices it.
 """
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Literal
 
-from shared.contracts import PayoutFailureReason, PayoutRequested
+from services.payout.errors import HoldAnswerMismatchError, UnknownPayoutError
+from shared.contracts import DiamondsHoldAnswered, PayoutFailureReason, PayoutRequested
 from shared.money import Money
 
 MAX_DIAMONDS = 10**14
@@ -111,6 +112,48 @@ def decide(
         amount=rules.amount(request.diamonds, creator.currency),
         payout_method=creator.payout_method,
         usd_minor=rules.usd_minor(request.diamonds),
+    )
+
+
+HOLD_FAILURES: frozenset[PayoutFailureReason] = frozenset(
+    {"insufficient_diamonds", "provider_rejected"}
+)
+"""How a payout that asked the wallet for a hold can fail: the wallet refused it, or
+it was held and the bank rejected the payment."""
+
+
+def asked_for_hold(payout: Payout) -> bool:
+    """Whether the wallet was asked to hold this payout's diamonds."""
+    return payout.status != "failed" or payout.reason in HOLD_FAILURES
+
+
+def answer_hold(payout: Payout | None, answer: DiamondsHoldAnswered) -> Payout | None:
+    """The payout as the wallet's hold answer moves it (held, or failed with
+    insufficient_diamonds), or None for a redelivery of the answer it already got.
+
+    Only a payout this service asked a hold for, with the same payout_id, creator and
+    diamonds, that is waiting for this answer (or got it already) is moved: anything
+    else is refused, since a forged `held` would pay out diamonds nobody reserved.
+    """
+    if payout is None:
+        raise UnknownPayoutError(f"hold answer for {answer.request_id}: no such payout")
+    if (answer.payout_id, answer.creator_id) != (payout.payout_id, payout.creator_id) or (
+        answer.diamonds not in (0, payout.diamonds)  # 0: an answer that does not say
+    ):
+        raise HoldAnswerMismatchError(
+            f"hold answer for {answer.request_id} says {answer.payout_id}, "
+            f"{answer.creator_id}, {answer.diamonds} diamonds; the payout is "
+            f"{payout.payout_id}, {payout.creator_id}, {payout.diamonds} diamonds"
+        )
+    if payout.status == "holding":
+        if answer.held:
+            return replace(payout, status="held")
+        return replace(payout, status="failed", reason="insufficient_diamonds")
+    if asked_for_hold(payout) and answer.held == (payout.reason != "insufficient_diamonds"):
+        return None
+    raise HoldAnswerMismatchError(
+        f"hold answer for {answer.request_id} says held={answer.held}; the payout is "
+        f"{payout.status} ({payout.reason or 'no reason'})"
     )
 
 

@@ -136,6 +136,20 @@ class PayoutRepository:
         )
         return {row["request_id"]: _payout(row) for row in rows}
 
+    async def lock_by_request_ids(
+        self, conn: Connection, *, request_ids: Sequence[str]
+    ) -> dict[str, Payout]:
+        """These payouts, locked (in key order) until the transaction ends, so each is
+        checked and moved by one transaction at a time."""
+        rows = await conn.fetch(
+            f"""
+            SELECT {_COLUMNS} FROM payouts WHERE request_id = ANY($1)
+            ORDER BY request_id FOR UPDATE
+            """,
+            list(request_ids),
+        )
+        return {row["request_id"]: _payout(row) for row in rows}
+
     async def move(
         self,
         conn: Connection,

@@ -161,18 +161,22 @@ class PayoutService:
         A payout moves from holding to held once; held ones are paid after the commit.
         A redelivered answer finds its payout held still (the process died before
         settling) and pays again under the same payout_id: the provider answers with
-        the first result, so money moves once.
+        the first result, so money moves once. An answer for a payout this service
+        never asked a hold for, or that does not match it, fails the batch with a
+        `PermanentError`: the consumer isolates and dead-letters it, nothing is paid.
         """
-        refused = {a.request_id: a for a in answers if not a.held}
         async with self._db.transaction() as conn:
+            moved = await self._answered(conn, answers)
             failed = await self._repository.move(
                 conn,
-                changes={r: ("failed", "insufficient_diamonds", None) for r in refused},
+                changes={
+                    p.request_id: ("failed", p.reason, None) for p in moved if p.status == "failed"
+                },
                 from_statuses=["holding"],
             )
             await self._repository.move(
                 conn,
-                changes={a.request_id: ("held", None, None) for a in answers if a.held},
+                changes={p.request_id: ("held", None, None) for p in moved if p.status == "held"},
                 from_statuses=["holding"],
             )
             await outbox.enqueue(conn, [_outcome(p) for p in failed])
@@ -186,6 +190,20 @@ class PayoutService:
             transfers = await asyncio.gather(*(self._pay(p) for p in to_pay))
             crash_point("payout.paid")
             await self._settle(dict(zip([p.request_id for p in to_pay], transfers, strict=True)))
+
+    async def _answered(
+        self, conn: Connection, answers: Sequence[DiamondsHoldAnswered]
+    ) -> list[Payout]:
+        """The payouts the answers move, checked against what this service recorded."""
+        payouts = await self._repository.lock_by_request_ids(
+            conn, request_ids=sorted({a.request_id for a in answers})
+        )
+        moved: dict[str, Payout] = {}
+        for answer in answers:  # in order: a second answer sees what the first did
+            payout = domain.answer_hold(payouts.get(answer.request_id), answer)
+            if payout is not None:
+                payouts[payout.request_id] = moved[payout.request_id] = payout
+        return list(moved.values())
 
     async def _pay(self, payout: Payout) -> Transfer | None:
         """Pay once under the payout_id; None when the answer was lost."""
@@ -285,5 +303,10 @@ def _outcome(payout: Payout) -> Event:
         )
     assert payout.reason is not None
     return PayoutFailed(
-        request_id=payout.request_id, creator_id=payout.creator_id, reason=payout.reason
+        request_id=payout.request_id,
+        creator_id=payout.creator_id,
+        reason=payout.reason,
+        # The wallet releases a hold only for the payout_id and diamonds it holds.
+        payout_id=payout.payout_id,
+        diamonds=payout.diamonds,
     )

@@ -10,19 +10,25 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
+from typing import Literal
 
 from services.wallet.errors import (
+    HoldMismatchError,
     InsufficientFundsError,
     InvalidGiftDebitError,
     InvalidHoldError,
     InvalidPurchaseError,
     InvalidReversalError,
+    ReversalMismatchError,
     UnbalancedTransactionError,
+    UnknownHoldError,
 )
 from shared.contracts import (
     DiamondsHoldRequested,
     GiftDebitRefusal,
     GiftDebitRequested,
+    PayoutCompleted,
+    PayoutFailed,
     Period,
     PurchaseCompleted,
     PurchaseReversed,
@@ -267,6 +273,19 @@ def check_reversal(event: PurchaseReversed) -> None:
         raise InvalidReversalError(f"payment {event.payment_id}: coins={event.coins}")
 
 
+def check_reversal_of(event: PurchaseReversed, credit: Iterable[Posting]) -> None:
+    """Refuse a reversal that names a credited payment but another user or another
+    amount (purchased + bonus coins) than the wallet credited."""
+    credited = [p for p in credit if p.account.kind is AccountKind.USER_COINS]
+    owners = {p.account.owner_id for p in credited}
+    amount = sum(p.amount for p in credited)
+    if owners != {event.user_id} or amount != event.coins:
+        raise ReversalMismatchError(
+            f"reversal of {event.payment_id} says {event.user_id}, {event.coins} coins; "
+            f"the credit was {', '.join(sorted(owners))}, {amount} coins"
+        )
+
+
 def clawback(*, payment_id: str, request_id: str, credit: Iterable[Posting]) -> Draft:
     """The mirror of a purchase credit: each coin goes back where it came from
     (purchased to coin issuance, bonus to bonus issuance), whatever the balance."""
@@ -342,6 +361,55 @@ def diamond_hold(request: DiamondsHoldRequested) -> Draft:
         idempotency_key=hold_key(request.request_id),
         request_id=request.request_id,
         postings=transfer(diamonds(request.creator_id), hold_of(request.creator_id), units),
+    )
+
+
+HoldStatus = Literal["open", "posted", "voided"]
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Diamonds reserved for one payout (keyed by its request_id) and its phase."""
+
+    request_id: str
+    payout_id: str
+    creator_id: str
+    units: int
+    deadline: datetime
+    status: HoldStatus = "open"
+
+
+def settle_hold(hold: Hold | None, outcome: PayoutCompleted | PayoutFailed) -> Hold | None:
+    """The hold as a payout's outcome closes it (posted when paid, voided when failed),
+    or None when there is nothing to do: a redelivery, or a payout refused before any
+    hold was placed.
+
+    The outcome must match the hold the wallet placed: the same payout_id, creator and
+    diamonds, and not closed the other way already. Anything else is refused, never
+    applied: a forged payout-failed would release diamonds the bank paid out (a double
+    cash-out), a forged payout-completed would pay out diamonds never sent.
+    """
+    paid = isinstance(outcome, PayoutCompleted)
+    if hold is None:
+        if isinstance(outcome, PayoutCompleted) or outcome.reason == "provider_rejected":
+            # Paid, or rejected by the bank: only ever after a hold.
+            raise UnknownHoldError(f"payout {outcome.request_id}: the wallet holds nothing")
+        return None
+    if (outcome.payout_id, outcome.creator_id) != (hold.payout_id, hold.creator_id) or (
+        outcome.diamonds * DIAMOND_UNITS != hold.units
+    ):
+        raise HoldMismatchError(
+            f"payout {outcome.request_id} says {outcome.payout_id}, {outcome.creator_id}, "
+            f"{outcome.diamonds} diamonds; the hold is {hold.payout_id}, {hold.creator_id}, "
+            f"{diamonds_of(hold.units)} diamonds"
+        )
+    closed: HoldStatus = "posted" if paid else "voided"
+    if hold.status == "open":
+        return replace(hold, status=closed)
+    if hold.status == closed:
+        return None  # closed by this outcome before: a redelivery
+    raise HoldMismatchError(
+        f"payout {outcome.request_id} says {closed}; its hold is {hold.status} already"
     )
 
 

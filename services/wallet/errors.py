@@ -28,3 +28,23 @@ class InvalidGiftDebitError(WalletError):
 
 class InvalidHoldError(WalletError):
     """A hold request that parses but makes no sense (no diamonds)."""
+
+
+class UnknownHoldError(WalletError):
+    """A payout outcome names a hold the wallet never placed (forged, or a bug upstream):
+    nothing is posted or voided, the event is dead-lettered for an operator."""
+
+    reason = "unknown_state"
+
+
+class HoldMismatchError(WalletError):
+    """A payout outcome does not match the hold it names (another payout_id, creator or
+    amount), or the hold was already closed the other way: the hold is left as it is."""
+
+    reason = "state_mismatch"
+
+
+class ReversalMismatchError(WalletError):
+    """A reversal names a credited purchase but another user or amount than credited."""
+
+    reason = "state_mismatch"

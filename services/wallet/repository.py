@@ -12,6 +12,7 @@ from services.wallet.domain import (
     AccountState,
     Draft,
     Entry,
+    Hold,
     Posting,
     SpendingLimits,
     Spent,
@@ -42,15 +43,6 @@ class HistoryItem:
     balance_after: int
     request_id: str
     created_at: datetime
-
-
-@dataclass(frozen=True)
-class Hold:
-    request_id: str
-    payout_id: str
-    creator_id: str
-    units: int
-    deadline: datetime
 
 
 @dataclass(frozen=True)
@@ -343,6 +335,28 @@ class WalletRepository:
             [h.units for h in holds],
             [h.deadline for h in holds],
         )
+
+    async def lock_holds(self, conn: Connection, *, request_ids: Sequence[str]) -> dict[str, Hold]:
+        """The holds of these payout requests, locked (in key order) until the transaction
+        ends, so a hold is checked and closed by one transaction at a time."""
+        rows = await conn.fetch(
+            """
+            SELECT request_id, payout_id, creator_id, units, deadline, status FROM holds
+            WHERE request_id = ANY($1::text[]) ORDER BY request_id FOR UPDATE
+            """,
+            list(request_ids),
+        )
+        return {
+            r["request_id"]: Hold(
+                r["request_id"],
+                r["payout_id"],
+                r["creator_id"],
+                r["units"],
+                r["deadline"],
+                r["status"],
+            )
+            for r in rows
+        }
 
     async def close_holds(
         self, conn: Connection, *, paid: Mapping[str, bool]

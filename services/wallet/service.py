@@ -15,6 +15,7 @@ from services.wallet.domain import (
     AccountState,
     Draft,
     Entry,
+    Hold,
     Ledger,
     SpendingLimits,
     Spent,
@@ -23,7 +24,6 @@ from services.wallet.domain import (
 from services.wallet.errors import InvalidGiftDebitError, InvalidHoldError
 from services.wallet.repository import (
     HistoryItem,
-    Hold,
     LockedAccount,
     PendingClawback,
     WalletRepository,
@@ -164,6 +164,11 @@ class WalletService:
         credits = await self._repository.get_postings(
             conn, keys=[domain.purchase_key(p) for p in reversals]
         )
+        for reversal in reversals.values():
+            if domain.purchase_key(reversal.payment_id) in credits:
+                domain.check_reversal_of(
+                    reversal, credits[domain.purchase_key(reversal.payment_id)]
+                )
         await self._repository.add_pending_clawbacks(
             conn,
             clawbacks=[
@@ -319,22 +324,30 @@ class WalletService:
 
         A hold moves from open to posted or voided once, so a redelivery does nothing;
         a payout refused before any hold (not verified, below the minimum) has none.
+        An outcome that does not match the hold it names fails the batch with a
+        `PermanentError`: the consumer isolates and dead-letters it, the hold stays.
         """
-        paid: dict[str, bool] = {}
-        for payout in payouts:
-            paid.setdefault(payout.request_id, isinstance(payout, PayoutCompleted))
         async with self._db.transaction() as conn:
-            closed = await self._repository.close_holds(conn, paid=paid)
-            order = {request_id: n for n, request_id in enumerate(paid)}
-            closed.sort(key=lambda item: order[item[0].request_id])
+            holds = await self._repository.lock_holds(
+                conn, request_ids=sorted({p.request_id for p in payouts})
+            )
+            closed: list[Hold] = []
+            for payout in payouts:  # in order: a second outcome sees what the first did
+                hold = domain.settle_hold(holds.get(payout.request_id), payout)
+                if hold is not None:
+                    holds[hold.request_id] = hold
+                    closed.append(hold)
+            await self._repository.close_holds(
+                conn, paid={h.request_id: h.status == "posted" for h in closed}
+            )
             drafts = [
                 domain.close_hold(
                     request_id=hold.request_id,
                     creator_id=hold.creator_id,
                     units=hold.units,
-                    paid=was_paid,
+                    paid=hold.status == "posted",
                 )
-                for hold, was_paid in closed
+                for hold in closed
             ]
             await self._post(conn, drafts)
             crash_point("wallet.hold_close.before_commit")
@@ -444,6 +457,7 @@ def _refused(request: GiftDebitRequested, reason: GiftDebitRefusal) -> GiftDebit
         creator_id=request.creator_id,
         debited=False,
         reason=reason,
+        coins=request.coins,
     )
 
 
@@ -455,6 +469,7 @@ def _debited(request: GiftDebitRequested, entries: list[Entry]) -> GiftDebitAnsw
         creator_id=request.creator_id,
         debited=True,
         balance_after=balance_after,
+        coins=request.coins,
     )
 
 
@@ -496,6 +511,7 @@ def _hold_answer(
         creator_id=request.creator_id,
         held=refusal is None,
         reason=refusal,
+        diamonds=request.diamonds,
     )
 
 

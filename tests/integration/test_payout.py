@@ -261,7 +261,13 @@ async def test_the_audit_names_a_hold_left_open_past_its_deadline(
     )
     returncode, report = await run_audit(cashier.database_url)
     # Released again, as the payout service would: the session's ledger stays whole.
-    failed = PayoutFailed(request_id=late.request_id, creator_id=star, reason="provider_rejected")
+    failed = PayoutFailed(
+        request_id=late.request_id,
+        creator_id=star,
+        reason="provider_rejected",
+        payout_id=late.payout_id,
+        diamonds=late.diamonds,
+    )
     await publish(cashier.infra, topics.PAYOUT_FAILED, [as_message(failed)])
     await settled_balance(cashier, star, 2_000)
 

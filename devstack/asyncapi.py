@@ -39,6 +39,7 @@ from typing import Any, Final, cast
 
 from faststream import FastStream
 from faststream.kafka import KafkaBroker, KafkaRouter
+from faststream.security import SASLScram512
 from faststream.specification import AsyncAPI
 from pydantic import ConfigDict
 
@@ -195,6 +196,8 @@ def _reflow(docstring: str) -> str:
 
 def publishers_of(topic: str) -> list[str]:
     """The services that publish `topic`, or `UPSTREAM` for a request of CONTRACT.md."""
+    if topic == topics.CHARGEBACK_RECEIVED:
+        return [UPSTREAM, "payment (signed notices of POST /v1/webhooks/chargebacks)"]
     if topic in contracts.REQUESTS:
         return [UPSTREAM]
     return [
@@ -281,7 +284,14 @@ def build_broker() -> KafkaBroker:
     broker = KafkaBroker(
         LOCAL_KAFKA,
         description="The local stack (`make up`); elsewhere the servers named by "
-        "KAFKA_BOOTSTRAP_SERVERS.",
+        "KAFKA_BOOTSTRAP_SERVERS. Every client authenticates (SASL SCRAM-SHA-512 over TLS "
+        "on the local stack; any KAFKA_SECURITY_PROTOCOL elsewhere) as its own principal: "
+        "`app` (upstream apps: writes the request topics, reads outcomes and wallet events "
+        "in consumer groups named `app-…`), `payment`, `wallet`, `gifting`, `payout` "
+        "(each writes only its own topics and the `.dlq` of what it consumes), `operator` "
+        "(set-up, dead-letter replay). ACLs refuse everything else.",
+        # Documentation only: never connects, so no credentials.
+        security=SASLScram512(username="", password="", use_ssl=True),
     )
     subs = subscriptions()
     consumers: dict[str, list[str]] = {}

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from devstack.instances import Endpoints, get_instance, stack_endpoints
-from shared import acl, topics
+from shared import acl, auth, topics
 from shared.db_roles import READER
 
 WALLET = "http://127.0.0.1:8082"
@@ -244,6 +244,13 @@ def _endpoints() -> Endpoints:
     return stack_endpoints(get_instance("default"))
 
 
+def _operator_auth() -> dict[str, str]:
+    """The HTTP reads' bearer token: the operator scope (the demo reads everyone's
+    balance), signed with the local stack's dev key."""
+    key = get_instance("default").secrets.jwt_private_key
+    return {"Authorization": f"Bearer {auth.mint_token(key, 'demo', operator=True)}"}
+
+
 async def audit() -> None:
     """The ledger audit, run as an operator runs it."""
     console.rule("Ledger audit (coinstream-audit)")
@@ -269,7 +276,7 @@ async def main() -> None:
     producer = AIOKafkaProducer(**kafka.client_options(), enable_idempotence=True)
     await consumer.start()
     await producer.start()
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with httpx.AsyncClient(timeout=10, headers=_operator_auth()) as http:
         try:
             for key, update in journey.creators():
                 await producer.send_and_wait(

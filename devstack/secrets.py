@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from shared import acl
+from shared import acl, auth
 from shared.kafka_client import KafkaClientSettings
 
 KAFKA_USERS = (*acl.PRINCIPALS, acl.BROKER)
@@ -188,3 +188,8 @@ class Secrets:
     @property
     def jwt_public_key(self) -> Path:
         return self.root / "jwt-public.pem"
+
+    def ensure_jwt_keys(self) -> None:
+        """The Ed25519 pair that signs (`coinstream token`) and verifies (the services'
+        JWT_PUBLIC_KEY_FILE) HTTP bearer tokens, made once."""
+        auth.ensure_key_pair(self.jwt_private_key, self.jwt_public_key)

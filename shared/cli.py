@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from shared import acl, contracts, db_roles, dead_letters, kafka_admin, migrations
+from shared import acl, auth, contracts, db_roles, dead_letters, kafka_admin, migrations
 from shared.dead_letters import DeadLetter, DeadLetterError, Replayed
 from shared.kafka_client import KafkaClientSettings
 from shared.reconcile.cli import reconcile
@@ -180,6 +180,48 @@ def credentials(
         settings["DATABASE_URL"] = endpoints.database(db_roles.READER)
     for key, value in settings.items():
         typer.echo(f"{key}={value}")  # no spaces in any: `export $(...)` takes them
+
+
+@app.command()
+def token(
+    subject: Annotated[str, typer.Argument(help="the user or creator id the token reads as")],
+    operator: Annotated[
+        bool, typer.Option(help="the operator scope: anyone's data, /metrics")
+    ] = False,
+    ttl: Annotated[str, typer.Option(help="lifetime: seconds, or 30m, 12h, 7d")] = "1h",
+) -> None:
+    """Print a bearer token for the local stack's HTTP reads:
+    `curl -H "Authorization: Bearer $(coinstream token ada)" …`. Signed with the dev key
+    at COINSTREAM_JWT_PRIVATE_KEY_FILE (default: .stack/default/secrets/jwt-private.pem);
+    JWT_ISSUER and JWT_AUDIENCE, when set, go in the token as the services expect them."""
+    import devstack  # the local stack's dev key; production tokens come from its issuer
+
+    try:
+        lifetime = auth.parse_duration(ttl)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--ttl") from None
+    configured = os.environ.get("COINSTREAM_JWT_PRIVATE_KEY_FILE")
+    key = (
+        Path(configured) if configured else devstack.get_instance("default").secrets.jwt_private_key
+    )
+    if not key.is_file():
+        typer.echo(f"no token signing key at {key}: run `make up` first", err=True)
+        raise typer.Exit(1)
+    settings = auth.AuthSettings()
+    try:
+        typer.echo(
+            auth.mint_token(
+                key,
+                subject,
+                operator=operator,
+                ttl=lifetime,
+                issuer=settings.issuer,
+                audience=settings.audience,
+            )
+        )
+    except auth.AuthConfigError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(1) from None
 
 
 # ─── dlq ─────────────────────────────────────────────────────────────────────────────

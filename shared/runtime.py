@@ -18,10 +18,11 @@ from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
+from shared.auth import TokenVerifier
 from shared.broker import make_broker, outbox_publisher, relay_producer
 from shared.consumer import DeadLetters
 from shared.db import Database
-from shared.http import health_routes
+from shared.http import bearer_auth, health_routes
 from shared.outbox import OutboxRelay, RelayMetrics
 from shared.settings import ServiceSettings
 
@@ -115,7 +116,12 @@ class ServiceKit:
             await self.db.close()
 
     def http_app(self, routes: Sequence[BaseRoute] = ()) -> Starlette:
-        """The service's ASGI app: read routes, health and metrics, lifespan = `running`."""
+        """The service's ASGI app: read routes, health and metrics, lifespan = `running`.
+
+        Every route needs a bearer token but an `OpenRoute` (shared/http.py); without a
+        key to verify tokens (JWT_PUBLIC_KEY_FILE or JWT_JWKS_URL) the service refuses to
+        start."""
+        tokens = TokenVerifier.from_settings(self.settings.auth)
         checks = {"database": self.db.ping, "kafka": self._ready, "relay": self._relay_running}
 
         @contextlib.asynccontextmanager
@@ -123,7 +129,8 @@ class ServiceKit:
             async with self.running():
                 yield
 
-        return Starlette(routes=[*routes, *health_routes(self.registry, checks)], lifespan=lifespan)
+        every = [*routes, *health_routes(self.registry, checks)]
+        return Starlette(routes=every, middleware=[bearer_auth(tokens, every)], lifespan=lifespan)
 
 
 def configure_logging(level: str, service: str) -> None:

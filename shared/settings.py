@@ -11,6 +11,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from shared.auth import AuthSettings
 from shared.kafka_client import KafkaClientSettings
 
 LOCAL_DATABASE_URL: str = "postgresql://coinstream@127.0.0.1:55432/coinstream"
@@ -61,6 +62,8 @@ class ServiceSettings(InfraSettings):
     consumer_fetch_max_wait_ms: int = Field(default=500, ge=0)
     relay_batch_size: int = Field(default=500, ge=1)
     relay_poll_interval_s: float = Field(default=0.5, gt=0)
+    # JWT_PUBLIC_KEY_FILE or JWT_JWKS_URL, JWT_ISSUER, JWT_AUDIENCE: HTTP bearer tokens.
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -18,8 +19,8 @@ import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from starlette.applications import Starlette
 
-from devstack import Endpoints
-from shared import acl, db_roles, migrations
+from devstack import Endpoints, get_instance
+from shared import acl, auth, db_roles, migrations
 from shared.topics import all_topics
 
 T = TypeVar("T")
@@ -228,12 +229,34 @@ def _json_object(record: ConsumerRecord[bytes, bytes]) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
+def stack_token(
+    subject: str = "e2e-operator", *, operator: bool = True, instance: str = "test"
+) -> str:
+    """A bearer token for the services a local stack instance runs (e2e tests, demo),
+    signed with its dev key (`.stack/<instance>/secrets/jwt-private.pem`); by default
+    with the operator scope, which reads any user's data and /metrics."""
+    private_key = get_instance(instance).secrets.jwt_private_key
+    return auth.mint_token(private_key, subject, operator=operator, ttl=timedelta(hours=6))
+
+
+def stack_auth(
+    subject: str = "e2e-operator", *, operator: bool = True, instance: str = "test"
+) -> dict[str, str]:
+    """`stack_token` as the headers of an HTTP request."""
+    return {"Authorization": f"Bearer {stack_token(subject, operator=operator, instance=instance)}"}
+
+
 @asynccontextmanager
-async def in_process(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
-    """Run a service app in this process (its real consumers, relay and pool)."""
+async def in_process(
+    app: Starlette, *, token: str | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """Run a service app in this process (its real consumers, relay and pool); the
+    client sends `token` as its bearer token."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    transport = httpx.ASGITransport(app=app)
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://svc") as client,
+        httpx.AsyncClient(transport=transport, base_url="http://svc", headers=headers) as client,
     ):
         yield client
 

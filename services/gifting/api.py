@@ -1,13 +1,17 @@
-"""Read-only HTTP routes of the gifting service."""
+"""Read-only HTTP routes of the gifting service.
+
+Both are open (no bearer token): the gift catalog is the same for everyone, and a
+stream's leaderboard is what every viewer of the stream sees on screen.
+"""
 
 from collections.abc import Sequence
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from services.gifting.service import GiftingService
-from shared.http import bad_request
+from shared.http import OpenRoute, bad_request
 
 DEFAULT_LIMIT = 10
 
@@ -36,6 +40,6 @@ def routes(service: GiftingService, *, max_limit: int) -> Sequence[BaseRoute]:
         )
 
     return [
-        Route("/v1/gifts", gifts),
-        Route("/v1/streams/{stream_id}/leaderboard", leaderboard),
+        OpenRoute("/v1/gifts", gifts),
+        OpenRoute("/v1/streams/{stream_id}/leaderboard", leaderboard),
     ]

@@ -1,4 +1,9 @@
-"""Read-only HTTP routes of the payment service."""
+"""Read-only HTTP routes of the payment service.
+
+The package catalog is open; a purchase is its user's (or an operator's) to read. For
+anyone else it is answered 404 like an unknown request id, so a token cannot learn which
+request ids exist.
+"""
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -8,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from services.payment.service import PaymentService
-from shared.http import bad_request, not_found
+from shared.http import OpenRoute, bad_request, may_read, not_found
 
 
 def routes(service: PaymentService) -> Sequence[BaseRoute]:
@@ -35,7 +40,7 @@ def routes(service: PaymentService) -> Sequence[BaseRoute]:
     async def purchase(request: Request) -> Response:
         request_id = request.path_params["request_id"]
         found = await service.purchase(request_id=request_id)
-        if found is None:
+        if found is None or not may_read(request, found.user_id):
             return not_found(f"no purchase with request_id {request_id!r}")
         return JSONResponse(
             {
@@ -48,6 +53,6 @@ def routes(service: PaymentService) -> Sequence[BaseRoute]:
         )
 
     return [
-        Route("/v1/packages", packages),
+        OpenRoute("/v1/packages", packages),
         Route("/v1/purchases/{request_id}", purchase),
     ]

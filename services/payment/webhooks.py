@@ -21,12 +21,13 @@ from prometheus_client import CollectorRegistry, Counter
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from services.payment.domain import NoticeOutcome
 from services.payment.service import PaymentService
 from services.payment.settings import PaymentSettings
 from shared.contracts import ChargebackReceived
+from shared.http import OpenRoute
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ def routes(
         notices.labels(outcome).inc()
         return JSONResponse({"status": outcome, "chargeback_id": notice.chargeback_id})
 
-    return [Route(PATH, chargebacks, methods=["POST"])]
+    return [OpenRoute(PATH, chargebacks, methods=["POST"])]  # the signature authenticates
 
 
 async def _read_at_most(request: Request, limit: int) -> bytes | None:

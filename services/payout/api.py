@@ -1,4 +1,8 @@
-"""Read-only HTTP routes of the payout service."""
+"""Read-only HTTP routes of the payout service: a creator's (or an operator's) to read.
+
+A payout request of another creator is answered 404 like an unknown request id, so a
+token cannot learn which request ids exist; another creator's list is 403.
+"""
 
 from collections.abc import Sequence
 from typing import Any
@@ -9,7 +13,7 @@ from starlette.routing import BaseRoute, Route
 
 from services.payout.domain import Payout
 from services.payout.service import PayoutService
-from shared.http import bad_request, not_found
+from shared.http import authorize, bad_request, may_read, not_found
 
 MAX_PAGE = 100
 
@@ -21,18 +25,20 @@ def routes(service: PayoutService) -> Sequence[BaseRoute]:
     async def payout(request: Request) -> Response:
         request_id = request.path_params["request_id"]
         found = await service.payout(request_id=request_id)
-        if found is None:
+        if found is None or not may_read(request, found.creator_id):
             return not_found(f"no payout request {request_id}")
         return JSONResponse(_body(found))
 
     async def payouts_of(request: Request) -> Response:
+        creator_id = request.path_params["creator_id"]
+        authorize(request, creator_id)
         try:
             limit = int(request.query_params.get("limit", "50"))
         except ValueError:
             return bad_request("limit must be an integer")
         if not 1 <= limit <= MAX_PAGE:
             return bad_request(f"limit must be between 1 and {MAX_PAGE}")
-        items = await service.payouts_of(creator_id=request.path_params["creator_id"], limit=limit)
+        items = await service.payouts_of(creator_id=creator_id, limit=limit)
         return JSONResponse({"items": [_body(p) for p in items]})
 
     return [

@@ -1,4 +1,5 @@
-"""Read-only HTTP routes of the wallet."""
+"""Read-only HTTP routes of the wallet: a user's balance and history are theirs (or an
+operator's) to read; another user's are 403."""
 
 from collections.abc import Sequence
 from typing import Any
@@ -10,7 +11,7 @@ from starlette.routing import BaseRoute, Route
 from services.wallet.domain import AccountKind, Unit, coin_source, diamonds_of
 from services.wallet.repository import HistoryItem
 from services.wallet.service import WalletService
-from shared.http import bad_request
+from shared.http import authorize, bad_request
 from shared.money import format_diamonds
 
 MAX_PAGE = 200
@@ -18,7 +19,9 @@ MAX_PAGE = 200
 
 def routes(service: WalletService) -> Sequence[BaseRoute]:
     async def balance(request: Request) -> Response:
-        found = await service.balance(user_id=request.path_params["user_id"])
+        user_id = request.path_params["user_id"]
+        authorize(request, user_id)
+        found = await service.balance(user_id=user_id)
         return JSONResponse(
             {
                 "user_id": found.user_id,
@@ -35,6 +38,8 @@ def routes(service: WalletService) -> Sequence[BaseRoute]:
         )
 
     async def transactions(request: Request) -> Response:
+        user_id = request.path_params["user_id"]
+        authorize(request, user_id)
         try:
             limit = int(request.query_params.get("limit", "50"))
             cursor = request.query_params.get("cursor")
@@ -44,7 +49,7 @@ def routes(service: WalletService) -> Sequence[BaseRoute]:
         if not 1 <= limit <= MAX_PAGE:
             return bad_request(f"limit must be between 1 and {MAX_PAGE}")
         items, next_cursor = await service.history(
-            user_id=request.path_params["user_id"], before_entry_id=before, limit=limit
+            user_id=user_id, before_entry_id=before, limit=limit
         )
         return JSONResponse(
             {

@@ -10,7 +10,7 @@ import httpx
 from devstack.procs import pid_alive
 from shared import topics
 from tests.e2e.conftest import Stack
-from tests.support import TopicReader, eventually, publish, purchase_request
+from tests.support import TopicReader, eventually, publish, purchase_request, stack_auth
 
 PACKAGES = [("coins_70", 99), ("coins_350", 499), ("coins_700", 999)]
 
@@ -32,7 +32,7 @@ async def restart_after_crash(
 
 
 async def balances_become(stack: Stack, expected: dict[str, int]) -> bool:
-    async with httpx.AsyncClient(base_url=stack.urls["wallet"]) as http:
+    async with httpx.AsyncClient(base_url=stack.urls["wallet"], headers=stack_auth()) as http:
         for user, coins in expected.items():
             body = (await http.get(f"/v1/users/{user}/balance")).json()
             if body["coins"] != coins or body["frozen"]:
@@ -128,5 +128,5 @@ async def outcomes_of(
 
 
 async def balances(stack: Stack, users: Iterable[str]) -> dict[str, dict[str, Any]]:
-    async with httpx.AsyncClient(base_url=stack.urls["wallet"]) as http:
+    async with httpx.AsyncClient(base_url=stack.urls["wallet"], headers=stack_auth()) as http:
         return {user: (await http.get(f"/v1/users/{user}/balance")).json() for user in users}

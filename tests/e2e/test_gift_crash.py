@@ -12,7 +12,7 @@ from shared import topics
 from shared.db_roles import READER
 from tests.e2e.conftest import Stack
 from tests.e2e.support import balances_become, buy, restart_after_crash
-from tests.support import TopicReader, eventually, publish, run_audit, unique
+from tests.support import TopicReader, eventually, publish, run_audit, stack_auth, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -34,7 +34,7 @@ def gift(sender: str, creator: str, gift_id: str, quantity: int, stream: str) ->
 
 
 async def diamonds_become(stack: Stack, expected: dict[str, Decimal]) -> bool:
-    async with httpx.AsyncClient(base_url=stack.urls["wallet"]) as http:
+    async with httpx.AsyncClient(base_url=stack.urls["wallet"], headers=stack_auth()) as http:
         for creator, diamonds in expected.items():
             body = (await http.get(f"/v1/users/{creator}/balance")).json()
             if Decimal(str(body["diamonds"])) != diamonds:

@@ -8,13 +8,13 @@ import pytest
 from devstack.procs import pid_alive
 from shared import topics
 from tests.e2e.conftest import Stack
-from tests.support import TopicReader, eventually, publish, purchase_request, unique
+from tests.support import TopicReader, eventually, publish, purchase_request, stack_auth, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 async def balance(stack: Stack, user: str) -> dict[str, Any]:
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(headers=stack_auth(user, operator=False)) as http:
         response = await http.get(f"{stack.urls['wallet']}/v1/users/{user}/balance")
         response.raise_for_status()
         return dict(response.json())
@@ -31,14 +31,15 @@ async def test_every_service_is_ready_and_a_purchase_ends_as_coins(
         for service, url in stack.urls.items():
             ready = await http.get(f"{url}/health/ready")
             assert ready.status_code == 200, service
-            metrics = await http.get(f"{url}/metrics")
+            assert (await http.get(f"{url}/metrics")).status_code == 401
+            metrics = await http.get(f"{url}/metrics", headers=stack_auth())
             assert "coinstream_outbox_published" in metrics.text
     user = unique("user")
     request = purchase_request(user_id=user, package_id="coins_700", amount=999)
     await publish(infra, topics.PURCHASE_REQUESTED, [(user, request)])
 
     await eventually(lambda: coins_become(stack, user, 700))
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(headers=stack_auth(user, operator=False)) as http:
         purchase = await http.get(f"{stack.urls['payment']}/v1/purchases/{request['request_id']}")
     assert purchase.json()["status"] == "completed"
 

@@ -2,12 +2,13 @@
 
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import pytest
 
 from devstack import Endpoints
-from shared import acl, db_roles
+from shared import acl, auth, db_roles
 from shared.settings import ServiceSettings
 from tests.support import drop_session_database, session_database, session_groups
 
@@ -49,7 +50,22 @@ async def group_prefix(infra: Any) -> str:
 
 
 @pytest.fixture(scope="session")
-def service_settings(infra: Any, database: Endpoints, group_prefix: str) -> Callable[..., Any]:
+def jwt_keys(tmp_path_factory: pytest.TempPathFactory) -> auth.KeyPair:
+    """The session's token signing key pair: services verify with the public key."""
+    folder = tmp_path_factory.mktemp("jwt")
+    return auth.generate_key_pair(folder / "jwt-private.pem", folder / "jwt-public.pem")
+
+
+@pytest.fixture(scope="session")
+def operator_token(jwt_keys: auth.KeyPair) -> str:
+    """A bearer token with the operator scope: reads any user's data and /metrics."""
+    return auth.mint_token(jwt_keys.private, "it-operator", operator=True, ttl=timedelta(hours=6))
+
+
+@pytest.fixture(scope="session")
+def service_settings(
+    infra: Any, database: Endpoints, group_prefix: str, jwt_keys: auth.KeyPair
+) -> Callable[..., Any]:
     """Build a service's settings pointing at the test infrastructure."""
 
     def build(cls: type[S], **overrides: Any) -> S:
@@ -60,6 +76,7 @@ def service_settings(infra: Any, database: Endpoints, group_prefix: str) -> Call
             "database_url": database.database(cls.service_name or None),
             "consumer_group_prefix": group_prefix,
             "relay_poll_interval_s": 0.2,
+            "auth": auth.AuthSettings(public_key_file=jwt_keys.public),
             **overrides,
         }
         return cls(**values)

@@ -52,12 +52,17 @@ class Saga:
 
 
 @pytest.fixture(scope="module")
-async def saga(service_settings: Callable[..., Any], infra: Any) -> AsyncIterator[Saga]:
+async def saga(
+    service_settings: Callable[..., Any], infra: Any, operator_token: str
+) -> AsyncIterator[Saga]:
     # One of each for the module: each start costs seconds of consumer-group rebalancing.
     clock = Clock()
     wallet_app = create_wallet(service_settings(WalletSettings), clock)
     gifting_app = create_gifting(service_settings(GiftingSettings, max_quantity=MAX_QUANTITY))
-    async with in_process(wallet_app) as wallet, in_process(gifting_app) as gifting:
+    async with (
+        in_process(wallet_app, token=operator_token) as wallet,
+        in_process(gifting_app) as gifting,  # its catalog and leaderboards are open
+    ):
         yield Saga(wallet, gifting, clock, infra)
 
 

@@ -178,8 +178,12 @@ async def run_relay_once(database_url: str, schema: str, infra: Any, *, crash: b
 
 
 @pytest.fixture
-async def wallet(service_settings: Callable[..., Any]) -> AsyncIterator[httpx.AsyncClient]:
-    async with in_process(create_app(service_settings(WalletSettings))) as client:
+async def wallet(
+    service_settings: Callable[..., Any], operator_token: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with in_process(
+        create_app(service_settings(WalletSettings)), token=operator_token
+    ) as client:
         yield client
 
 

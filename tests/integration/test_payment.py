@@ -25,11 +25,11 @@ def provider() -> SimulatedProvider:
 
 @pytest.fixture(scope="module")
 async def payment(
-    service_settings: Callable[..., Any], provider: SimulatedProvider
+    service_settings: Callable[..., Any], provider: SimulatedProvider, operator_token: str
 ) -> AsyncIterator[httpx.AsyncClient]:
     """One payment service for the module (joining a consumer group takes seconds)."""
     settings = service_settings(PaymentSettings, provider_retry_base_s=0.01)
-    async with in_process(create_app(settings, provider=provider)) as client:
+    async with in_process(create_app(settings, provider=provider), token=operator_token) as client:
         yield client
 
 

@@ -34,11 +34,14 @@ class Cashier:
 
 @pytest.fixture(scope="module")
 async def cashier(
-    service_settings: Callable[..., Any], infra: Any, database_url: str
+    service_settings: Callable[..., Any], infra: Any, database_url: str, operator_token: str
 ) -> AsyncIterator[Cashier]:
     wallet_app = create_wallet(service_settings(WalletSettings))
     payout_app = create_payout(service_settings(PayoutSettings, reconcile_interval_s=0.2))
-    async with in_process(wallet_app) as wallet, in_process(payout_app) as payout:
+    async with (
+        in_process(wallet_app, token=operator_token) as wallet,
+        in_process(payout_app, token=operator_token) as payout,
+    ):
         yield Cashier(wallet, payout, infra, database_url)
 
 

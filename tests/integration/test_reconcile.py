@@ -39,7 +39,7 @@ from services.payout.main import create_app as create_payout
 from services.payout.settings import PayoutSettings
 from services.wallet.main import create_app as create_wallet
 from services.wallet.settings import WalletSettings
-from shared import db_roles, topics
+from shared import auth, db_roles, topics
 from shared.contracts import PurchaseCompleted
 from shared.reconcile.checks import REGISTRY
 from shared.settings import ServiceSettings
@@ -88,7 +88,7 @@ class Economy:
 
 
 @pytest.fixture(scope="module")
-async def economy(infra: Any) -> AsyncIterator[Economy]:
+async def economy(infra: Any, jwt_keys: auth.KeyPair) -> AsyncIterator[Economy]:
     """The four services in this process on a database of their own (other tests'
     partial worlds would not reconcile), after a busy run of every kind of record."""
     database = await session_database(infra, "coinstream_rc")
@@ -101,6 +101,7 @@ async def economy(infra: Any) -> AsyncIterator[Economy]:
             "database_url": database.database(cls.service_name),
             "consumer_group_prefix": prefix,
             "relay_poll_interval_s": 0.2,
+            "auth": auth.AuthSettings(public_key_file=jwt_keys.public),
             **overrides,
         }
         return cls(**values)

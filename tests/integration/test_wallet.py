@@ -17,8 +17,12 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def wallet(service_settings: Callable[..., Any]) -> AsyncIterator[httpx.AsyncClient]:
-    async with in_process(create_app(service_settings(WalletSettings))) as client:
+async def wallet(
+    service_settings: Callable[..., Any], operator_token: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with in_process(
+        create_app(service_settings(WalletSettings)), token=operator_token
+    ) as client:
         yield client
 
 
@@ -86,7 +90,7 @@ async def test_bad_messages_go_to_the_dead_letter_topic_and_the_next_one_is_proc
 
 
 async def test_a_nonsensical_purchase_is_dead_lettered_alone_and_its_batch_neighbours_credited(
-    service_settings: Callable[..., Any], infra: Any
+    service_settings: Callable[..., Any], infra: Any, operator_token: str
 ) -> None:
     """Published while no wallet runs, so the wallet fetches them as one batch: the two
     poisoned events fail the batch's transaction, halving isolates each of them."""
@@ -98,7 +102,8 @@ async def test_a_nonsensical_purchase_is_dead_lettered_alone_and_its_batch_neigh
         infra, (topics.dlq(topics.PURCHASE_COMPLETED), topics.COINS_CREDITED)
     ) as reader:
         await publish(infra, topics.PURCHASE_COMPLETED, list(map(as_message, batch)))
-        async with in_process(create_app(service_settings(WalletSettings))) as wallet:
+        wallet_app = create_app(service_settings(WalletSettings))
+        async with in_process(wallet_app, token=operator_token) as wallet:
             await reader.wait_for(topics.COINS_CREDITED, payment_id=goods[2].payment_id)
             await reader.wait_for(topics.dlq(topics.PURCHASE_COMPLETED), 2, user_id=user)
             assert await coins_of(wallet, user) == 70 + 385 + 70

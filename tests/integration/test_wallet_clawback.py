@@ -27,9 +27,13 @@ EVENTS = (topics.COINS_CREDITED, topics.COINS_CLAWED_BACK)
 
 
 @pytest.fixture(scope="module")
-async def wallet(service_settings: Callable[..., Any]) -> AsyncIterator[httpx.AsyncClient]:
+async def wallet(
+    service_settings: Callable[..., Any], operator_token: str
+) -> AsyncIterator[httpx.AsyncClient]:
     # One wallet for the module: each start costs seconds of consumer-group rebalancing.
-    async with in_process(create_app(service_settings(WalletSettings))) as client:
+    async with in_process(
+        create_app(service_settings(WalletSettings)), token=operator_token
+    ) as client:
         yield client
 
 

@@ -7,6 +7,7 @@ below for the test suite, which starts, kills and restarts service processes its
 
 from devstack.errors import DevstackError
 from devstack.instances import INSTANCES, Endpoints, Instance, get_instance
+from devstack.secrets import Secrets
 from devstack.services import ServiceProcess, start_service, stop_service
 from devstack.stack import ComponentStatus, down, ensure_infra, run_setup, status, up
 
@@ -16,6 +17,7 @@ __all__ = [
     "DevstackError",
     "Endpoints",
     "Instance",
+    "Secrets",
     "ServiceProcess",
     "down",
     "ensure_infra",

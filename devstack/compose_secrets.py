@@ -28,6 +28,7 @@ def write(root: Path) -> None:
     for role in (ADMIN_ROLE, *db_roles.SERVICES, db_roles.READER):
         secrets.pgpass_file(role)
     secrets.webhook_secret_file()
+    secrets.ensure_jwt_keys()
     kafka = root / "kafka"
     write_properties(
         kafka / "server.properties",
@@ -72,6 +73,7 @@ def _hand_over(root: Path, secrets: Secrets) -> None:
     ):
         os.chown(path, KAFKA_UID, KAFKA_UID)
     os.chown(root / "postgres" / f"{ADMIN_ROLE}.password", POSTGRES_UID, POSTGRES_UID)
+    os.chown(secrets.jwt_private_key, 0, 0)  # signs tokens: no container needs it
     for folder in (root, *(p for p in root.rglob("*") if p.is_dir())):
         folder.chmod(0o755)  # the folders; every file in them stays 0600
 

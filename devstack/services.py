@@ -71,9 +71,11 @@ def _secrets_of(endpoints: Endpoints, service: str) -> dict[str, str]:
     """The files of the local stack's secrets a service reads (never the secrets)."""
     if endpoints.secrets is None:
         return {}
+    endpoints.secrets.ensure_jwt_keys()
+    files = {"JWT_PUBLIC_KEY_FILE": str(endpoints.secrets.jwt_public_key)}
     if service == "payment":
-        return {"CHARGEBACK_WEBHOOK_SECRET_FILE": str(endpoints.secrets.webhook_secret_file())}
-    return {}
+        files["CHARGEBACK_WEBHOOK_SECRET_FILE"] = str(endpoints.secrets.webhook_secret_file())
+    return files
 
 
 async def http_ready(url: str) -> bool:

@@ -79,6 +79,7 @@ async def _ensure_infra(
         if database_url is None
         else postgres.wait_external(database_url),
     )
+    instance.secrets.ensure_jwt_keys()  # `coinstream token` signs, the services verify
     if database_url is None:
         await db_roles.provision(endpoints.database_url, endpoints.role_passwords())
     if setup:

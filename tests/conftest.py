@@ -43,13 +43,29 @@ class Infra(devstack.Endpoints):
     backend: str = "devstack"
 
 
+def _test_secrets() -> devstack.Secrets:
+    """For a stack devstack does not run: the `test` instance's folder still holds the
+    HTTP token key pair and the webhook secret the services and tests share (Kafka and
+    PostgreSQL there are used with one principal and one role)."""
+    secrets = devstack.get_instance("test").secrets
+    secrets.ensure_jwt_keys()
+    return secrets
+
+
 def _external_stack() -> Infra | None:
     kafka = os.environ.get("COINSTREAM_TEST_KAFKA")
     database = os.environ.get("COINSTREAM_TEST_DATABASE_URL")
     if kafka and database:
         # Every component connects with the KAFKA_* settings of the environment.
         settings = KafkaClientSettings(bootstrap_servers=kafka)
-        return Infra(kafka, database, kafka_settings=settings, backend="external")
+        return Infra(
+            kafka,
+            database,
+            secrets=_test_secrets(),
+            kafka_settings=settings,
+            database_roles=False,
+            backend="external",
+        )
     return None
 
 
@@ -140,7 +156,14 @@ async def _containers() -> AsyncIterator[Infra]:
                 driver=None,
             ),
         )
-        yield Infra(bootstrap, postgres.get_connection_url(), backend="testcontainers")
+        yield Infra(
+            bootstrap,
+            postgres.get_connection_url(),
+            secrets=_test_secrets(),
+            kafka_settings=KafkaClientSettings(bootstrap_servers=bootstrap),
+            database_roles=False,
+            backend="testcontainers",
+        )
 
 
 @pytest.fixture(scope="session")

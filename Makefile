@@ -34,8 +34,9 @@ bench: up ## purchases and gifts end to end on the running stack: throughput and
 	$(PY) -m benchmarks.gifts --count 20000
 	$(PY) -m benchmarks.gifts --count 10000 --rate 500
 
-docs: install ## regenerate docs/asyncapi.json and docs/schemas/*.json from the code
+docs: install ## regenerate docs/asyncapi.json, docs/schemas/*.json and docs/openapi.json from the code
 	$(PY) -m devstack.asyncapi
+	$(PY) -m devstack.openapi
 
 lint: install ## ruff (lint + format) and mypy --strict
 	$(VENV)/bin/ruff check .

@@ -21,7 +21,7 @@ def _secret_values(root: Path) -> dict[str, str]:
         if path.suffix in (".password", ".secret"):
             found[str(path)] = path.read_text().strip()
         elif path.suffix == ".pem" and b"PRIVATE KEY" in path.read_bytes():
-            body = path.read_text().split("-----")[4].split()  # the first key's base64 lines
+            body = path.read_text().split("-----")[2].split()  # the first key's base64 lines
             found[str(path)] = max(body, key=len)
     return found
 

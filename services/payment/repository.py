@@ -167,6 +167,48 @@ class PaymentRepository:
         )
         return [_purchase(row) for row in rows]
 
+    async def touch_pending(self, conn: Connection, *, request_ids: Sequence[str]) -> list[str]:
+        """Mark these purchases as being charged now, if still pending; returns those.
+
+        Reconciliation leaves a recently touched purchase alone, so a charge under way
+        is never judged "not charged"; the row lock waits for a reconciliation that
+        holds it, and a purchase it settled is then no longer pending."""
+        rows = await conn.fetch(
+            """
+            UPDATE purchases SET updated_at = now()
+            WHERE request_id = ANY($1::text[]) AND status = 'pending'
+            RETURNING request_id
+            """,
+            list(request_ids),
+        )
+        return [row["request_id"] for row in rows]
+
+    async def claim_in_doubt(
+        self, conn: Connection, *, stale_before: datetime, limit: int
+    ) -> list[Purchase]:
+        """Pending purchases untouched since `stale_before` (their charge outcome is
+        unknown), locked for this transaction; other replicas skip them."""
+        rows = await conn.fetch(
+            """
+            SELECT * FROM purchases WHERE status = 'pending' AND updated_at < $1
+            ORDER BY updated_at LIMIT $2
+            FOR UPDATE SKIP LOCKED
+            """,
+            stale_before,
+            limit,
+        )
+        return [_purchase(row) for row in rows]
+
+    async def count_in_doubt(
+        self, conn: Connection | asyncpg.Pool, *, stale_before: datetime
+    ) -> int:
+        """Purchases pending since before `stale_before`: in doubt, looked up or not."""
+        count = await conn.fetchval(
+            "SELECT count(*) FROM purchases WHERE status = 'pending' AND created_at < $1",
+            stale_before,
+        )
+        return int(count)
+
     async def add_chargeback(
         self,
         conn: Connection,

@@ -3,10 +3,12 @@
 import asyncio
 import contextlib
 import functools
+import logging
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from tenacity import (
     AsyncRetrying,
     RetryError,
@@ -43,6 +45,29 @@ from shared.faults import crash_point
 from shared.idempotency import first_of_each, refuse_if_different
 from shared.money import Money
 
+log = logging.getLogger(__name__)
+
+
+class PaymentMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.in_doubt = Gauge(
+            "coinstream_purchases_in_doubt",
+            "Purchases pending past reconcile_after_s: the provider may have charged them",
+            registry=registry,
+        )
+        self.unknown = Counter(
+            "coinstream_purchase_provider_unknown",
+            "Charges whose answer was lost (timeouts, unreachable), left to reconciliation",
+            registry=registry,
+        )
+        self.reconciled = Counter(
+            "coinstream_purchases_reconciled",
+            "Purchases in doubt looked up at the provider, by outcome (completed, the "
+            "failure reason, or still_unknown when the provider could not be asked)",
+            ["outcome"],
+            registry=registry,
+        )
+
 
 def _outcome_event(purchase: Purchase) -> Event:
     if purchase.status == "completed":
@@ -69,7 +94,9 @@ class PaymentService:
         repository: PaymentRepository,
         provider: CardProvider,
         settings: PaymentSettings,
+        metrics: PaymentMetrics,
     ) -> None:
+        self._metrics = metrics
         self._db = db
         self._repository = repository
         self._provider = provider
@@ -91,7 +118,9 @@ class PaymentService:
 
         The request_id is the idempotency key: a repeated request finds its purchase and
         has no second effect; one still pending (a crash mid-charge) is charged again
-        with the same key, which the provider answers with the first result.
+        with the same key, which the provider answers with the first result. A charge
+        whose answer is lost leaves its purchase pending for `reconcile`: never failed
+        while the provider may have charged.
         """
         pending = await self._record(first_of_each(requests, fingerprint))
         if pending:
@@ -116,12 +145,19 @@ class PaymentService:
                 conn, purchases=decided, requested_at=[r.occurred_at for r in new]
             )
             await outbox.enqueue(conn, [_outcome_event(p) for p in decided if p.status == "failed"])
+            # A redelivered request still pending is charged again: claim it first, so
+            # reconciliation does not judge it uncharged while the charge is under way.
+            charging = set(
+                await self._repository.touch_pending(
+                    conn,
+                    request_ids=[p.request_id for p in known.values() if p.status == "pending"],
+                )
+            )
         crash_point("payment.recorded")
         # In request order, so one user's outcomes are published in the order asked.
         purchases = {p.request_id: p for p in [*known.values(), *decided]}
-        return [
-            purchases[r.request_id] for r in requests if purchases[r.request_id].status == "pending"
-        ]
+        charging |= {p.request_id for p in decided if p.status == "pending"}
+        return [purchases[r.request_id] for r in requests if r.request_id in charging]
 
     async def _decider(self, conn: Connection, requests: Sequence[PurchaseRequested]) -> Decider:
         # The whole catalog: a package priced in another currency is a price mismatch.
@@ -145,7 +181,8 @@ class PaymentService:
         )
 
     async def _charge(self, purchase: Purchase) -> Charge | None:
-        """Charge with retries on transient provider errors; None once the budget is spent.
+        """Charge with retries on transient provider errors; None once the budget is spent
+        (the outcome is then unknown: the provider may have charged).
 
         The request_id is the idempotency key: a retry, a redelivery or a restart asks
         for the same charge, never a second one.
@@ -174,21 +211,87 @@ class PaymentService:
         raise AssertionError("unreachable: AsyncRetrying reraises after its last attempt")
 
     async def _settle(self, pending: Sequence[Purchase], charges: Sequence[Charge | None]) -> None:
-        outcomes = [_outcome(charge) for charge in charges]
+        known: dict[str, Charge | None] = {
+            p.request_id: c for p, c in zip(pending, charges, strict=True) if c is not None
+        }
+        for purchase in pending:
+            if purchase.request_id not in known:
+                self._metrics.unknown.inc()
+                log.warning(
+                    "purchase %s: charge outcome unknown, to reconcile", purchase.request_id
+                )
         async with self._db.transaction() as conn:
-            settled = await self._repository.settle_many(
-                conn,
-                request_ids=[p.request_id for p in pending],
-                statuses=[status for status, _ in outcomes],
-                reasons=[reason for _, reason in outcomes],
-                payment_ids=[
-                    f"pay_{uuid.uuid4().hex}" if s == "completed" else None for s, _ in outcomes
-                ],
-                provider_references=[c.provider_reference if c else None for c in charges],
-            )
+            settled = await self._settle_in(conn, known)
             order = {p.request_id: i for i, p in enumerate(pending)}
             settled.sort(key=lambda p: order[p.request_id])
             await outbox.enqueue(conn, [_outcome_event(p) for p in settled])
+
+    async def _settle_in(
+        self, conn: Connection, charges: dict[str, Charge | None]
+    ) -> list[Purchase]:
+        """Move pending purchases to what the provider said (None: it holds no charge);
+        returns those this call moved."""
+        outcomes = [_outcome(charge) for charge in charges.values()]
+        return await self._repository.settle_many(
+            conn,
+            request_ids=list(charges),
+            statuses=[status for status, _ in outcomes],
+            reasons=[reason for _, reason in outcomes],
+            payment_ids=[
+                f"pay_{uuid.uuid4().hex}" if s == "completed" else None for s, _ in outcomes
+            ],
+            provider_references=[c.provider_reference if c else None for c in charges.values()],
+        )
+
+    async def reconcile(self) -> int:
+        """Settle purchases in doubt by asking the provider; returns how many were settled.
+
+        A purchase pending for `reconcile_after_s` since it was last charged (its answer
+        was lost, or its process died between charge and settle) is looked up by its
+        idempotency key: a charge found completes it (approved) or fails it (declined);
+        no charge fails it as `provider_unavailable` — no charge call is under way any
+        more (see `reconcile_after_s`). One the provider cannot be asked about stays
+        pending and is looked up again after another `reconcile_after_s`.
+        """
+        stale_before = datetime.now(UTC) - timedelta(seconds=self._settings.reconcile_after_s)
+        async with self._db.transaction() as conn:
+            doubtful = await self._repository.claim_in_doubt(
+                conn, stale_before=stale_before, limit=100
+            )
+            found = await asyncio.gather(
+                *(self._provider.lookup(idempotency_key=p.request_id) for p in doubtful),
+                return_exceptions=True,
+            )
+            known: dict[str, Charge | None] = {}
+            unknown: list[str] = []
+            for purchase, answer in zip(doubtful, found, strict=True):
+                if isinstance(answer, ProviderUnavailableError):
+                    unknown.append(purchase.request_id)
+                elif isinstance(answer, BaseException):
+                    raise answer
+                else:
+                    known[purchase.request_id] = answer
+            # Looked up again only after another reconcile_after_s, not in a tight loop.
+            await self._repository.touch_pending(conn, request_ids=unknown)
+            settled = await self._settle_in(conn, known)
+            await outbox.enqueue(conn, [_outcome_event(p) for p in settled])
+        self._metrics.in_doubt.set(
+            await self._repository.count_in_doubt(self._db.pool, stale_before=stale_before)
+        )
+        for purchase in settled:
+            self._metrics.reconciled.labels(purchase.reason or purchase.status).inc()
+        self._metrics.reconciled.labels("still_unknown").inc(len(unknown))
+        return len(settled)
+
+    async def reconcile_forever(self) -> None:
+        """Run `reconcile` every `reconcile_interval_s` until cancelled."""
+        while True:
+            try:
+                while await self.reconcile():
+                    pass
+            except Exception:  # reconciliation must outlive a provider or database outage
+                log.exception("purchase reconciliation failed; retrying")
+            await asyncio.sleep(self._settings.reconcile_interval_s)
 
     async def handle_chargebacks(self, chargebacks: Sequence[ChargebackReceived]) -> None:
         """Reverse completed purchases (payment.purchase-reversed); record every chargeback.
@@ -268,6 +371,7 @@ class PaymentService:
 
 
 def _outcome(charge: Charge | None) -> tuple[str, str | None]:
+    """What a charge means for its purchase; None: the provider holds no charge."""
     if charge is None:
         return "failed", "provider_unavailable"
     if charge.outcome == "approved":

@@ -25,6 +25,12 @@ class PaymentSettings(ServiceSettings):
     """Simulated provider round trip, so benchmarks can model a real card network."""
     provider_max_attempts: int = Field(default=4, ge=1)
     provider_retry_base_s: float = Field(default=0.05, gt=0)
+    reconcile_interval_s: float = Field(default=1.0, gt=0)
+    """How often purchases whose charge outcome is unknown are looked up at the provider."""
+    reconcile_after_s: float = Field(default=30.0, ge=0)
+    """A purchase still pending this long after it was last charged is looked up. Must be
+    longer than a whole charge (every attempt, its timeout and backoff): a lookup that
+    finds no charge fails the purchase, so no charge call may still be under way."""
 
     chargeback_webhook_secret: SecretStr | None = Field(default=None, repr=False)
     """The HMAC key the card provider signs chargeback notices with. Without it (or its

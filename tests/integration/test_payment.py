@@ -9,7 +9,6 @@ import httpx
 import pytest
 
 from services.payment.main import create_app
-from services.payment.provider import SimulatedProvider
 from services.payment.settings import PaymentSettings
 from shared import topics
 from tests.support import TopicReader, eventually, in_process, publish, purchase_request, unique
@@ -18,19 +17,33 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def provider() -> SimulatedProvider:
-    """The simulated card network, for tests to see what it was asked and what it charged."""
-    return SimulatedProvider()
-
-
-@pytest.fixture(scope="module")
 async def payment(
-    service_settings: Callable[..., Any], provider: SimulatedProvider, operator_token: str
+    service_settings: Callable[..., Any], operator_token: str
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """One payment service for the module (joining a consumer group takes seconds)."""
-    settings = service_settings(PaymentSettings, provider_retry_base_s=0.01)
-    async with in_process(create_app(settings, provider=provider), token=operator_token) as client:
+    """One payment service for the module (joining a consumer group takes seconds); it
+    looks up purchases in doubt 1 s after their charge (longer than its whole retry
+    budget, ~0.1 s)."""
+    settings = service_settings(
+        PaymentSettings,
+        provider_retry_base_s=0.01,
+        reconcile_after_s=1.0,
+        reconcile_interval_s=0.2,
+    )
+    async with in_process(create_app(settings), token=operator_token) as client:
         yield client
+
+
+async def card_charges(database_url: str, request_id: str) -> list[tuple[str, int]]:
+    """(outcome, calls) of the simulated provider's charges under this idempotency key."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT outcome, calls FROM payment.simulated_card_charges WHERE idempotency_key = $1",
+            request_id,
+        )
+    finally:
+        await conn.close()
+    return [(row["outcome"], row["calls"]) for row in rows]
 
 
 async def test_each_request_has_exactly_one_outcome_even_when_sent_twice(
@@ -113,27 +126,66 @@ async def outcomes(
 
 
 async def test_a_flaky_card_is_retried_and_charged_exactly_once(
-    payment: httpx.AsyncClient, provider: SimulatedProvider, infra: Any
+    payment: httpx.AsyncClient, infra: Any, database_url: str
 ) -> None:
     user = unique("user")
     request = purchase_request(user_id=user, method="pm_card_flaky")
     found = await outcomes(infra, user, [request])
     assert found[request["request_id"]]["topic"] == topics.PURCHASE_COMPLETED
-    assert provider.attempts[request["request_id"]] == 2
-    assert provider.cards_charged[request["request_id"]] == 1
+    # One charge, asked twice: the first answer was lost, the retry got the approval.
+    assert await card_charges(database_url, request["request_id"]) == [("approved", 2)]
+
+
+async def test_a_charge_whose_answer_is_lost_stays_pending_then_completes_once(
+    payment: httpx.AsyncClient, infra: Any, database_url: str
+) -> None:
+    """pm_card_timeout charges but no answer arrives: the purchase is neither failed nor
+    charged again; reconciliation finds the charge by its key and completes it once."""
+    user = unique("user")
+    request = purchase_request(
+        user_id=user, package_id="coins_350", amount=499, method="pm_card_timeout"
+    )
+    request_id = request["request_id"]
+    outcome_topics = (topics.PURCHASE_COMPLETED, topics.PURCHASE_FAILED)
+    async with TopicReader(infra, outcome_topics) as reader:
+        await publish(infra, topics.PURCHASE_REQUESTED, [(user, request)])
+
+        async def charged_in_doubt() -> bool:
+            return bool(await card_charges(database_url, request_id))
+
+        await eventually(charged_in_doubt)
+        status = (await payment.get(f"/v1/purchases/{request_id}")).json()
+        assert status["status"] in ("pending", "completed")  # never failed
+        [completed] = await reader.wait_for(topics.PURCHASE_COMPLETED, request_id=request_id)
+        sentinel = purchase_request(user_id=user)  # published after: its outcome comes later
+        await publish(infra, topics.PURCHASE_REQUESTED, [(user, sentinel)])
+        await reader.wait_for(topics.PURCHASE_COMPLETED, request_id=sentinel["request_id"])
+        assert len(reader.matching(topics.PURCHASE_COMPLETED, request_id=request_id)) == 1
+        assert reader.matching(topics.PURCHASE_FAILED, request_id=request_id) == []
+
+    assert (completed["coins"], completed["price"]["amount_minor"]) == (350, 499)
+    # Every attempt of the retry budget reached the provider; it charged once.
+    assert await card_charges(database_url, request_id) == [("approved", 4)]
+    status = (await payment.get(f"/v1/purchases/{request_id}")).json()
+    assert (status["status"], status["payment_id"]) == ("completed", completed["payment_id"])
+    metrics = (await payment.get("/metrics")).text
+    assert 'coinstream_purchases_reconciled_total{outcome="completed"}' in metrics
+    assert "coinstream_purchases_in_doubt " in metrics
 
 
 async def test_a_provider_that_is_down_ends_as_provider_unavailable(
-    payment: httpx.AsyncClient, provider: SimulatedProvider, infra: Any
+    payment: httpx.AsyncClient, infra: Any, database_url: str
 ) -> None:
+    """The charge never reaches the provider; the lookup does, and finds no charge."""
     user = unique("user")
     request = purchase_request(user_id=user, method="pm_card_down")
     found = await outcomes(infra, user, [request])
     assert found[request["request_id"]]["reason"] == "provider_unavailable"
-    assert provider.attempts[request["request_id"]] == 4  # the whole retry budget
-    assert provider.cards_charged[request["request_id"]] == 0
+    assert await card_charges(database_url, request["request_id"]) == []
     status = (await payment.get(f"/v1/purchases/{request['request_id']}")).json()
     assert (status["status"], status["reason"]) == ("failed", "provider_unavailable")
+    metrics = (await payment.get("/metrics")).text
+    assert 'coinstream_purchases_reconciled_total{outcome="provider_unavailable"}' in metrics
 
 
 async def test_the_daily_spend_cap(payment: httpx.AsyncClient, infra: Any) -> None:

@@ -2,6 +2,7 @@
 
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -60,7 +61,7 @@ async def test_a_service_killed_mid_purchase_completes_it_exactly_once_after_res
 ) -> None:
     """SIGKILL between two steps of a purchase — the wallet on receipt, before its commit
     or after it; payment after recording, after charging, after settling (each before
-    its offset moved) — and restart: one completion, one credit."""
+    its offset moved) — and restart: one charge, one completion, one credit."""
     await stack.stop(service)
     doomed = await stack.start(service, COINSTREAM_CRASH_AT=crash_at)
     user = unique("user")
@@ -87,3 +88,22 @@ async def test_a_service_killed_mid_purchase_completes_it_exactly_once_after_res
     assert [credit["amount"] for credit in credits] == [350, 70]
     # A republished outbox row is the same event; two different events would be a bug.
     assert len({c["event_id"] for c in completions if c["request_id"] == first["request_id"]}) == 1
+    # The simulated provider's books outlive the restart, as a real provider's: the card
+    # was charged once per request, also when payment died after charging (payment.charged).
+    charged = await card_charges(stack, [first["request_id"], second["request_id"]])
+    assert charged == [(first["request_id"], "approved"), (second["request_id"], "approved")]
+
+
+async def card_charges(stack: Stack, request_ids: list[str]) -> list[tuple[str, str]]:
+    """(idempotency key, outcome) of each charge the simulated card provider recorded:
+    one row per key it ever charged (its primary key), however often it was asked."""
+    conn = await asyncpg.connect(stack.endpoints.database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT idempotency_key, outcome FROM payment.simulated_card_charges"
+            " WHERE idempotency_key = ANY($1::text[]) ORDER BY array_position($1, idempotency_key)",
+            request_ids,
+        )
+    finally:
+        await conn.close()
+    return [(row["idempotency_key"], row["outcome"]) for row in rows]

@@ -112,12 +112,12 @@ class PayoutService:
         the diamonds of the rest. A request_id seen before has no second effect."""
         new = first_of_each(requests, domain.fingerprint)
         async with self._db.transaction() as conn:
-            payouts = await self._decide(conn, new)
+            fresh, payouts = await self._decide(conn, new)
             deadline = self._clock() + timedelta(seconds=self._settings.hold_timeout_s)
             added = await self._repository.add_new(
                 conn,
                 payouts=payouts,
-                requested_at=[r.occurred_at for r in new],
+                requested_at=[r.occurred_at for r in fresh],
                 hold_deadline=deadline,
             )
             await self._check_repeats(conn, [r for r in new if r.request_id not in added])
@@ -127,13 +127,25 @@ class PayoutService:
             crash_point("payout.requests.before_commit")
         self._count([p for p in payouts if p.request_id in added])
 
-    async def _decide(self, conn: Connection, requests: list[PayoutRequested]) -> list[Payout]:
+    async def _decide(
+        self, conn: Connection, requests: list[PayoutRequested]
+    ) -> tuple[list[PayoutRequested], list[Payout]]:
+        """The requests not recorded yet, and the payouts they become.
+
+        A request recorded before (a retry) is already in what was paid today: deciding
+        it again would count it twice and could refuse a new request for good. It is
+        looked up after `paid_since` locks its creator, so a concurrent batch that
+        records it is seen."""
         creator_ids = sorted({r.creator_id for r in requests})
         creators = await self._repository.get_creators(conn, creator_ids=creator_ids)
         day = self._clock().replace(hour=0, minute=0, second=0, microsecond=0)
         paid = await self._repository.paid_since(conn, creator_ids=creator_ids, since=day)
+        known = await self._repository.get_by_request_ids(
+            conn, request_ids=[r.request_id for r in requests]
+        )
+        fresh = [r for r in requests if r.request_id not in known]
         decided = []
-        for request in requests:
+        for request in fresh:
             payout = domain.decide(
                 request,
                 creators.get(request.creator_id),
@@ -144,7 +156,7 @@ class PayoutService:
             if payout.status != "failed":  # counts against the rest of the batch
                 paid[request.creator_id] = paid.get(request.creator_id, 0) + payout.usd_minor
             decided.append(payout)
-        return decided
+        return fresh, decided
 
     async def _check_repeats(self, conn: Connection, repeated: list[PayoutRequested]) -> None:
         if not repeated:

@@ -1,5 +1,7 @@
 """Creator cash-out, payout and wallet in this process, against real Kafka and PostgreSQL."""
 
+import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -8,13 +10,14 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from devstack import Endpoints
 from services.payout.main import create_app as create_payout
 from services.payout.settings import PayoutSettings
 from services.wallet.main import create_app as create_wallet
 from services.wallet.settings import WalletSettings
-from shared import topics
+from shared import acl, topics
 from shared.contracts import DiamondsHoldRequested, PayoutFailed
 from tests.integration.wallet_support import as_message, balance_of, give_diamonds
 from tests.support import TopicReader, eventually, in_process, publish, run_audit, unique
@@ -95,10 +98,15 @@ def payout_request(creator_id: str, diamonds: int) -> dict[str, Any]:
 
 
 async def cash_out(
-    cashier: Cashier, reader: TopicReader, requests: list[dict[str, Any]]
+    cashier: Cashier, reader: TopicReader, requests: list[dict[str, Any]], *, together: bool = False
 ) -> dict[str, list[tuple[str, dict[str, Any]]]]:
-    """Publish payout requests; every outcome of each, once each has one."""
-    await publish(cashier.infra, topics.PAYOUT_REQUESTED, [(r["creator_id"], r) for r in requests])
+    """Publish payout requests; every outcome of each, once each has one. `together`:
+    in one produce request, so the service consumes them in one batch."""
+    if together:
+        await publish_in_one_batch(cashier.infra, [(r["creator_id"], r) for r in requests])
+    else:
+        messages = [(r["creator_id"], r) for r in requests]
+        await publish(cashier.infra, topics.PAYOUT_REQUESTED, messages)
     wanted = {r["request_id"] for r in requests}
 
     async def all_answered() -> dict[str, list[tuple[str, dict[str, Any]]]] | None:
@@ -110,6 +118,20 @@ async def cash_out(
         return found if len(found) == len(wanted) else None
 
     return await eventually(all_answered)
+
+
+async def publish_in_one_batch(infra: Endpoints, messages: list[tuple[str, Any]]) -> None:
+    kafka = infra.kafka(acl.owner_of(topics.PAYOUT_REQUESTED))
+    producer = AIOKafkaProducer(**kafka.client_options(), linger_ms=100)
+    await producer.start()
+    try:
+        sent = [
+            await producer.send(topics.PAYOUT_REQUESTED, json.dumps(v).encode(), key=k.encode())
+            for k, v in messages
+        ]
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
 
 
 async def settled_balance(cashier: Cashier, creator_id: str, diamonds: int) -> dict[str, Any]:
@@ -191,6 +213,21 @@ async def test_every_refusal_reason_reaches_kafka(cashier: Cashier, reader: Topi
     await settled_balance(cashier, rejected, 3_000)
     await settled_balance(cashier, poor, 2_500)
     await settled_balance(cashier, rich, 400_000 - 150_000)
+
+
+async def test_a_retry_in_a_batch_with_a_new_request_counts_once_toward_the_daily_limit(
+    cashier: Cashier, reader: TopicReader
+) -> None:
+    rich = await creator(cashier, diamonds=400_000)
+    # $200 paid today, then $700 more is within the $1,000 limit: counting the retry's
+    # $200 twice would refuse it ($200 + $200 fits, but $400 + $700 does not).
+    first, new = payout_request(rich, 40_000), payout_request(rich, 140_000)
+    await cash_out(cashier, reader, [first])
+    found = await cash_out(cashier, reader, [first, new], together=True)
+
+    assert [t for t, _ in found[first["request_id"]]] == [topics.PAYOUT_COMPLETED]
+    assert [t for t, _ in found[new["request_id"]]] == [topics.PAYOUT_COMPLETED]
+    await settled_balance(cashier, rich, 400_000 - 180_000)
 
 
 async def test_a_flaky_bank_is_reconciled_and_pays_exactly_once(

@@ -18,7 +18,18 @@ def build_router(
 
     @router.subscriber(topics.PURCHASE_REQUESTED, **batch_subscription(settings))
     async def on_purchase_requested(message: KafkaMessage) -> None:
-        """Upstream apps ask to buy a coin package; answers purchase-completed or -failed."""
+        """Upstream apps ask to buy a coin package; answers purchase-completed or -failed.
+
+        A charge whose answer is lost (a timeout, a crash between charge and settle)
+        keeps the purchase `pending` until reconciliation asks the provider by the
+        request_id: its outcome comes then, never a guess. Simulated card provider
+        (`payment_method`, the default outside production): `pm_card_ok` approved;
+        `pm_card_declined` declined (`payment_declined`); `pm_card_flaky` the first
+        attempt times out, the retry is approved, charged once; `pm_card_down`
+        unreachable, never charged (`provider_unavailable` once reconciliation finds no
+        charge); `pm_card_timeout` charged but the answer is lost: pending until
+        reconciliation finds the charge, then completed, coins credited once.
+        """
         deliveries = await dead_letters.sort(message.raw_message, PurchaseRequested)
         await process(deliveries, service.handle_requests, dead_letters)
 

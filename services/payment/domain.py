@@ -12,6 +12,9 @@ from shared.money import Money
 
 Status = Literal["pending", "completed", "failed", "reversed"]
 
+MAX_AMOUNT_MINOR = 2**63 - 1
+"""The largest price a request may name (a bigint); more is `invalid_request`, recorded as asked."""
+
 
 @dataclass(frozen=True)
 class Promotion:
@@ -87,8 +90,9 @@ class Decider:
     def decide(self, request: PurchaseRequested, *, now: datetime) -> Purchase:
         """The purchase a new request becomes: failed with a reason, or pending its charge.
 
-        A promotion applies when the request was made inside its window (the bonus the
-        app showed), never later than the moment we process it.
+        A promotion applies when this service receives the request (`now`) inside its
+        window: the client's `occurred_at` is not trusted, so a request backdated into
+        an ended promotion gets no bonus.
         """
         offer = self.offers.get((request.package_id, request.price.currency))
         reason = self._refusal(request, offer)
@@ -104,9 +108,7 @@ class Decider:
             price=request.price,
             payment_method=request.payment_method,
             coins=offer.coins if offer and reason is None else 0,
-            bonus_coins=offer.bonus_at(min(request.occurred_at, now))
-            if offer and not reason
-            else 0,
+            bonus_coins=offer.bonus_at(now) if offer and not reason else 0,
             status="failed" if reason else "pending",
             fingerprint=fingerprint(request),
             reason=reason,
@@ -117,7 +119,7 @@ class Decider:
     ) -> PurchaseFailureReason | None:
         """Why the request must not be charged, or None when it may be."""
         if (
-            request.price.amount_minor <= 0
+            not 0 < request.price.amount_minor <= MAX_AMOUNT_MINOR
             or request.price.currency not in self.limits.usd_per_unit
         ):
             return "invalid_request"

@@ -30,7 +30,7 @@ def _purchase(row: asyncpg.Record) -> Purchase:
         request_id=row["request_id"],
         user_id=row["user_id"],
         package_id=row["package_id"],
-        price=Money(amount_minor=row["price_minor"], currency=row["currency"]),
+        price=Money(amount_minor=int(row["price_minor"]), currency=row["currency"]),
         payment_method=row["payment_method"],
         coins=row["coins"],
         bonus_coins=row["bonus_coins"],
@@ -118,7 +118,7 @@ class PaymentRepository:
             INSERT INTO purchases (request_id, user_id, package_id, price_minor, currency,
                                    payment_method, coins, bonus_coins, status, reason,
                                    fingerprint, requested_at)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[],
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::text[],
                                  $6::text[], $7::int[], $8::int[], $9::text[], $10::text[],
                                  $11::text[], $12::timestamptz[])
             """,

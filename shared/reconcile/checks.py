@@ -458,7 +458,7 @@ class PurchasesWereCharged(ProviderCheck):
     )
     outcome = "approved"
     sql = """
-        SELECT p.request_id AS key, p.price_minor AS amount_minor, p.currency,
+        SELECT p.request_id AS key, p.price_minor::bigint AS amount_minor, p.currency,
                format('purchase %s (request %s) of %s', p.payment_id, p.request_id,
                       p.user_id) AS what
         FROM payment.purchases p  -- the charge's idempotency key is the request_id

@@ -88,6 +88,20 @@ async def test_each_request_has_exactly_one_outcome_even_when_sent_twice(
     assert missing.status_code == 404 and missing.json()["error"] == "not_found"
 
 
+async def test_a_price_beyond_any_integer_column_is_refused_not_dead_lettered(
+    payment: httpx.AsyncClient, infra: Any
+) -> None:
+    user = unique("user")
+    huge = [purchase_request(user_id=user, amount=n) for n in (2**63, 10**30, -(2**63) - 1)]
+    found = await outcomes(infra, user, huge)
+
+    assert [(found[r["request_id"]]["topic"], found[r["request_id"]]["reason"]) for r in huge] == [
+        (topics.PURCHASE_FAILED, "invalid_request")
+    ] * 3
+    status = (await payment.get(f"/v1/purchases/{huge[0]['request_id']}")).json()
+    assert (status["status"], status["reason"]) == ("failed", "invalid_request")
+
+
 async def test_the_catalog_lists_packages_per_currency(payment: httpx.AsyncClient) -> None:
     usd = (await payment.get("/v1/packages")).json()["packages"]
     assert [(p["package_id"], p["coins"], p["price"]["amount_minor"]) for p in usd] == [
@@ -239,35 +253,56 @@ async def test_a_request_id_reused_for_another_request_is_dead_lettered_and_the_
     ]
 
 
-async def test_a_promotion_adds_bonus_coins_inside_its_window_only(
+async def test_a_promotion_adds_bonus_coins_when_received_inside_its_window_only(
     payment: httpx.AsyncClient, infra: Any, database_url: str
 ) -> None:
     now = datetime.now(UTC)
     conn = await asyncpg.connect(database_url)
     try:
-        promotion_id = await conn.fetchval(
-            "INSERT INTO payment.promotions (package_id, bonus_coins, starts_at, ends_at)"
-            " VALUES ('coins_1400', 140, $1, $2) RETURNING promotion_id",
-            now - timedelta(hours=1),
-            now + timedelta(hours=1),
-        )
+        promotion_ids = [
+            await conn.fetchval(
+                "INSERT INTO payment.promotions (package_id, bonus_coins, starts_at, ends_at)"
+                " VALUES ($1, $2, $3, $4) RETURNING promotion_id",
+                package,
+                bonus,
+                now + starts,
+                now + ends,
+            )
+            for package, bonus, starts, ends in [
+                ("coins_1400", 140, timedelta(hours=-1), timedelta(hours=1)),  # running
+                ("coins_3500", 350, timedelta(hours=-3), timedelta(hours=-1)),  # ended
+            ]
+        ]
         user = unique("user")
         inside = purchase_request(user_id=user, package_id="coins_1400", amount=1999)
         inside["occurred_at"] = now.isoformat()
         before = purchase_request(user_id=user, package_id="coins_1400", amount=1999)
         before["occurred_at"] = (now - timedelta(hours=2)).isoformat()
-        found = await outcomes(infra, user, [inside, before])
+        # Backdated into the ended promotion: the client's clock is not trusted.
+        backdated = purchase_request(user_id=user, package_id="coins_3500", amount=4999)
+        backdated["occurred_at"] = (now - timedelta(hours=2)).isoformat()
+        found = await outcomes(infra, user, [inside, before, backdated])
         packages = (await payment.get("/v1/packages")).json()["packages"]
     finally:
-        await conn.execute("DELETE FROM payment.promotions WHERE promotion_id = $1", promotion_id)
+        await conn.execute(
+            "DELETE FROM payment.promotions WHERE promotion_id = ANY($1)", promotion_ids
+        )
         await conn.close()
 
     assert (found[inside["request_id"]]["coins"], found[inside["request_id"]]["bonus_coins"]) == (
         1400,
         140,
     )
-    assert found[before["request_id"]]["bonus_coins"] == 0
-    assert {p["package_id"]: p["bonus_coins"] for p in packages}["coins_1400"] == 140
+    assert found[before["request_id"]]["bonus_coins"] == 140  # received while it runs
+    assert (
+        found[backdated["request_id"]]["coins"],
+        found[backdated["request_id"]]["bonus_coins"],
+    ) == (
+        3500,
+        0,
+    )
+    bonuses = {p["package_id"]: p["bonus_coins"] for p in packages}
+    assert (bonuses["coins_1400"], bonuses["coins_3500"]) == (140, 0)
 
 
 async def test_chargebacks_reverse_a_completed_purchase_once_and_record_the_rest(

@@ -5,6 +5,7 @@ transactions to them in memory, and the repository writes the resulting entries.
 database enforces the same rules again on the entries (migration 0002).
 """
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ from services.wallet.errors import (
     InvalidHoldError,
     InvalidPurchaseError,
     InvalidReversalError,
+    InvalidSpendingLimitError,
     ReversalMismatchError,
     UnbalancedTransactionError,
     UnknownHoldError,
@@ -32,6 +34,7 @@ from shared.contracts import (
     Period,
     PurchaseCompleted,
     PurchaseReversed,
+    SpendingLimitRequested,
 )
 
 PLATFORM = "platform"
@@ -449,6 +452,23 @@ def user_total(entries: Iterable[Entry], account: AccountRef) -> tuple[int, int]
 # --- spending limits -------------------------------------------------------------------
 
 PERIODS: tuple[Period, ...] = ("day", "week", "month")
+
+MAX_LIMIT_COINS = 2**63 - 1
+"""The largest limit a user may set (a bigint, like every coin count)."""
+
+
+def check_limit_request(request: SpendingLimitRequested) -> None:
+    """Refuse a limit beyond any coin count (the schema already refuses a negative one)."""
+    if request.max_coins is not None and request.max_coins > MAX_LIMIT_COINS:
+        raise InvalidSpendingLimitError(
+            f"spending limit {request.request_id!r}: max_coins {request.max_coins} is out of range"
+        )
+
+
+def limit_fingerprint(request: SpendingLimitRequested) -> str:
+    """What makes a repeated request_id the same request (its time may differ)."""
+    content = f"{request.user_id}|{request.period}|{request.max_coins}"
+    return hashlib.sha256(content.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

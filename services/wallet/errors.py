@@ -30,6 +30,14 @@ class InvalidHoldError(WalletError):
     """A hold request that parses but makes no sense (no diamonds)."""
 
 
+class InvalidSpendingLimitError(WalletError):
+    """A spending-limit request that parses but sets a limit no count of coins can hold
+    (max_coins of 2^63 or more). The contract has no failure outcome for a spending
+    limit, so it is dead-lettered as `invalid_request` for an operator to answer."""
+
+    reason = "invalid_request"
+
+
 class UnknownHoldError(WalletError):
     """A payout outcome names a hold the wallet never placed (forged, or a bug upstream):
     nothing is posted or voided, the event is dead-lettered for an operator."""

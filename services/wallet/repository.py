@@ -258,6 +258,32 @@ class WalletRepository:
             [request_id for _, request_id in limits.values()],
         )
 
+    async def add_limit_requests(
+        self, conn: Connection, *, fingerprints: Mapping[str, str]
+    ) -> None:
+        """Record what each new spending-limit request asked: request_id -> fingerprint."""
+        await conn.execute(
+            """
+            INSERT INTO spending_limit_requests (request_id, fingerprint)
+            SELECT * FROM unnest($1::text[], $2::text[])
+            ON CONFLICT (request_id) DO NOTHING
+            """,
+            list(fingerprints),
+            list(fingerprints.values()),
+        )
+
+    async def get_limit_fingerprints(
+        self, conn: Connection, *, request_ids: Sequence[str]
+    ) -> dict[str, str]:
+        """What the spending-limit requests recorded before asked (requests handled before
+        migration 0008 have no record)."""
+        rows = await conn.fetch(
+            "SELECT request_id, fingerprint FROM spending_limit_requests"
+            " WHERE request_id = ANY($1)",
+            list(request_ids),
+        )
+        return {row["request_id"]: row["fingerprint"] for row in rows}
+
     async def get_spending_limits(
         self, conn: Connection | asyncpg.Pool, *, user_id: str
     ) -> SpendingLimits:

@@ -50,6 +50,7 @@ from shared.contracts import (
 )
 from shared.db import Connection, Database
 from shared.faults import crash_point
+from shared.idempotency import first_of_each, refuse_if_different
 
 log = logging.getLogger(__name__)
 
@@ -192,15 +193,40 @@ class WalletService:
         """Store users' own spending limits; one `wallet.spending-limit-updated` per request.
 
         The inbox is keyed by request_id, so a request sent again has no second effect
-        and no second answer. Within a batch one user's requests apply in order.
+        and no second answer; one reusing a request_id for another limit is dead-lettered
+        as `idempotency_conflict`, and a limit beyond any coin count as `invalid_request`
+        (the contract has no failure outcome for it). Within a batch one user's requests
+        apply in order.
         """
+        requests = first_of_each(requests, domain.limit_fingerprint)
+        for request in requests:
+            domain.check_limit_request(request)
         async with self._db.transaction() as conn:
             todo = await _new_requests(conn, topics.SPENDING_LIMIT_REQUESTED, requests)
+            claimed = {r.request_id for r in todo}
+            await self._check_limit_repeats(
+                conn, [r for r in requests if r.request_id not in claimed]
+            )
+            await self._repository.add_limit_requests(
+                conn, fingerprints={r.request_id: domain.limit_fingerprint(r) for r in todo}
+            )
             await self._repository.set_spending_limits(
                 conn,
                 limits={(r.user_id, r.period): (r.max_coins, r.request_id) for r in todo},
             )
             await outbox.enqueue(conn, [_limit_updated(r) for r in todo])
+
+    async def _check_limit_repeats(
+        self, conn: Connection, repeated: Sequence[SpendingLimitRequested]
+    ) -> None:
+        if not repeated:
+            return
+        known = await self._repository.get_limit_fingerprints(
+            conn, request_ids=[r.request_id for r in repeated]
+        )
+        for request in repeated:
+            if request.request_id in known:
+                refuse_if_different(known[request.request_id], request, domain.limit_fingerprint)
 
     async def debit_gifts(self, requests: Sequence[GiftDebitRequested]) -> None:
         """Pay for gifts: debit each sender, credit each creator, or refuse; answer once.

@@ -1,5 +1,6 @@
 """Users' own spending limits against real Kafka and PostgreSQL."""
 
+import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -67,6 +68,40 @@ async def test_limits_are_set_removed_and_answered_once_per_request(
         "day": None,
         "week": 500,
         "month": 1500,
+    }
+
+
+async def test_a_limit_beyond_any_coin_count_and_a_reused_request_id_are_dead_lettered(
+    wallet: httpx.AsyncClient, infra: Any
+) -> None:
+    user = unique("user")
+    day = limit_request(user, "day", 100)
+    huge = limit_request(user, "week", 2**63)
+    conflicting = day | {"max_coins": 5}
+    month = limit_request(user, "month", 1_000)
+    dlq = topics.dlq(topics.SPENDING_LIMIT_REQUESTED)
+    async with TopicReader(infra, (topics.SPENDING_LIMIT_UPDATED, dlq)) as reader:
+        await publish(
+            infra,
+            topics.SPENDING_LIMIT_REQUESTED,
+            [(user, r) for r in (day, huge, day, conflicting, month)],
+        )
+        await reader.wait_for(topics.SPENDING_LIMIT_UPDATED, request_id=month["request_id"])
+        await reader.wait_for(dlq, count=2, user_id=user)
+        answers = reader.matching(topics.SPENDING_LIMIT_UPDATED, user_id=user)
+        dead = [r for r in reader.records if r.topic == dlq and r.key == user.encode()]
+
+    assert [(a["request_id"], a["max_coins"]) for a in answers] == [
+        (day["request_id"], 100),
+        (month["request_id"], 1_000),
+    ]
+    assert sorted(
+        (dict(r.headers)["dlq.reason"], json.loads(r.value)["max_coins"]) for r in dead
+    ) == [(b"idempotency_conflict", 5), (b"invalid_request", 2**63)]
+    assert (await balance_of(wallet, user))["spending_limits"] == {
+        "day": 100,
+        "week": None,
+        "month": 1_000,
     }
 
 

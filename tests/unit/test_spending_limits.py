@@ -4,8 +4,19 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from services.wallet.domain import SpendingLimits, Spent, exceeded_limit, period_start
-from shared.contracts import Period
+from services.wallet.domain import (
+    MAX_LIMIT_COINS,
+    SpendingLimits,
+    Spent,
+    check_limit_request,
+    exceeded_limit,
+    limit_fingerprint,
+    period_start,
+)
+from services.wallet.errors import InvalidSpendingLimitError
+from shared.contracts import Period, SpendingLimitRequested
+
+NOW = datetime(2026, 11, 23, 8, tzinfo=UTC)
 
 
 def test_no_limit_allows_anything() -> None:
@@ -82,3 +93,35 @@ def test_a_time_in_another_zone_counts_in_utc() -> None:
 def test_a_naive_time_is_refused() -> None:
     with pytest.raises(ValueError):
         period_start("day", datetime(2026, 11, 18, 12, 0))
+
+
+def limit_request(max_coins: int | None, *, period: Period = "day") -> SpendingLimitRequested:
+    return SpendingLimitRequested(
+        request_id="limit-1",
+        user_id="u1",
+        period=period,
+        max_coins=max_coins,
+        occurred_at=datetime(2026, 11, 22, 12, tzinfo=UTC),
+    )
+
+
+@pytest.mark.parametrize("max_coins", [None, 0, MAX_LIMIT_COINS])
+def test_a_limit_a_coin_count_can_hold_is_accepted(max_coins: int | None) -> None:
+    check_limit_request(limit_request(max_coins))
+
+
+@pytest.mark.parametrize("max_coins", [2**63, 10**30])
+def test_a_limit_beyond_any_coin_count_is_an_invalid_request(max_coins: int) -> None:
+    with pytest.raises(InvalidSpendingLimitError) as refused:
+        check_limit_request(limit_request(max_coins))
+    assert refused.value.reason == "invalid_request"
+
+
+def test_the_fingerprint_tells_another_limit_from_the_same_one() -> None:
+    same = limit_fingerprint(limit_request(100))
+    assert limit_fingerprint(limit_request(100).model_copy(update={"occurred_at": NOW})) == same
+    assert {
+        limit_fingerprint(limit_request(101)),
+        limit_fingerprint(limit_request(None)),
+        limit_fingerprint(limit_request(100, period="week")),
+    }.isdisjoint({same})

@@ -156,6 +156,8 @@ async def test_every_refusal_reason_reaches_kafka(
         "invalid_quantity (0)": gift_request(sender, creator, "rose", 0),
         "invalid_quantity (-1)": gift_request(sender, creator, "rose", -1),
         "invalid_quantity (max + 1)": gift_request(sender, creator, "rose", MAX_QUANTITY + 1),
+        "invalid_quantity (beyond bigint)": gift_request(sender, creator, "rose", 2**63),
+        "invalid_quantity (below bigint)": gift_request(sender, creator, "rose", -(2**63) - 1),
         "self_gift": gift_request(sender, sender),
         "invalid_request (no stream, no video)": gift_request(sender, creator, stream_id=None),
         "invalid_request (stream and video)": gift_request(sender, creator, video_id=unique("v")),

@@ -5,28 +5,152 @@ missing field, a wrong type) and one that parses but can never be applied (a
 `PermanentError` from the service, or data the database refuses). The first is found
 while parsing; the second by halving a failing batch until the message at fault stands
 alone. Both go to `<topic>.dlq`, their neighbours are applied. Anything else is
-transient (database down, deadlock, a rebalance race) and the batch is retried.
+transient (database down, deadlock, a rebalance race) and the batch is retried: in
+place with backoff, or, when the error escapes the handler (Kafka refusing a dead
+letter), rewound after a backoff that grows while it repeats (`Stalls`), never skipped.
 """
 
+import asyncio
+import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import asyncpg
-from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka.errors import (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
+from faststream import BaseMiddleware
 from faststream.kafka import KafkaBroker
+from faststream.message import StreamMessage
 from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from pydantic import BaseModel, ValidationError
 
 from shared import topics
 from shared.errors import PermanentError
-from shared.retry import until_done
+from shared.retry import backoff_s, until_done
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
+
+# The producer refuses a record over its max_request_size (MessageSizeTooLargeError), the
+# broker one over the topic's max.message.bytes (the same error, code 10, or its newer
+# names): a record that came compressed can be over either once it is decompressed.
+_TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
+_STUB_MAX_KEY = 1024
+
+
+def record_size(record: ConsumerRecord[Any, Any]) -> int:
+    """The bytes of a record as consumed (uncompressed): key, value and headers."""
+    headers = sum(len(name.encode()) + len(value or b"") for name, value in record.headers)
+    return len(record.key or b"") + len(record.value or b"") + headers
+
+
+class Stalls(Collector):
+    """Consumers that fail on the same offsets again and again: back off, and show it.
+
+    A batch that fails with an error nothing handled (Kafka refused a dead letter, the
+    service raised something unexpected) is rewound by the delivery policy
+    (NACK_ON_ERROR) and fetched again; `middleware` waits before letting that happen,
+    longer after each failure in a row on the topic, so a consumer that cannot get past
+    a message waits instead of spinning. Nothing is skipped: the batch is processed
+    again until it succeeds. Transient failures retried in place (`process`) count too.
+
+    Metrics: `coinstream_consumer_retries_total{topic}` counts the retries;
+    `coinstream_consumer_stuck_seconds{topic}` is how long the topic's consumer has been
+    failing on the offsets it stands at (0 once a batch succeeds).
+    """
+
+    def __init__(self, registry: CollectorRegistry, *, max_backoff_s: float = 5.0) -> None:
+        self.max_backoff_s = max_backoff_s
+        self._retries = Counter(
+            "coinstream_consumer_retries",
+            "Batches retried after a failure (rewound and fetched again, or retried in place)",
+            ["topic"],
+            registry=registry,
+        )
+        self._failures: dict[str, int] = {}
+        self._since: dict[str, float] = {}
+        self._topics: set[str] = set()
+        registry.register(self)
+
+    def failed(self, topic: str) -> float:
+        """Record a failure that will be retried; returns how long to wait first."""
+        self._topics.add(topic)
+        self._since.setdefault(topic, time.monotonic())
+        self._failures[topic] = failures = self._failures.get(topic, 0) + 1
+        self._retries.labels(topic).inc()
+        return backoff_s(failures, max_s=self.max_backoff_s)
+
+    def succeeded(self, topic: str) -> None:
+        self._topics.add(topic)
+        self._since.pop(topic, None)
+        self._failures.pop(topic, None)
+
+    def stuck_s(self, topic: str) -> float:
+        since = self._since.get(topic)
+        return 0.0 if since is None else time.monotonic() - since
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        gauge = GaugeMetricFamily(
+            "coinstream_consumer_stuck_seconds",
+            "How long the topic's consumer has failed on the same offsets (0: not stuck)",
+            labels=["topic"],
+        )
+        for topic in sorted(self._topics):
+            gauge.add_metric([topic], self.stuck_s(topic))
+        yield gauge
+
+    def middleware(self, msg: Any, /, *, context: Any) -> "_BackOff":
+        """The FastStream broker middleware (a factory, one instance per message)."""
+        return _BackOff(msg, context=context, stalls=self)
+
+
+class _BackOff(BaseMiddleware):
+    def __init__(self, msg: Any, /, *, context: Any, stalls: Stalls) -> None:
+        super().__init__(msg, context=context)
+        self._stalls = stalls
+
+    async def consume_scope(self, call_next: Any, msg: StreamMessage[Any]) -> Any:
+        raw = msg.raw_message
+        records = raw if isinstance(raw, tuple) else (raw,)
+        if not records:
+            return await call_next(msg)
+        topic = records[0].topic
+        try:
+            result = await call_next(msg)
+        except Exception as error:
+            delay = self._stalls.failed(topic)
+            log.error(
+                "%s: batch from %s failed (%s); rewinding in %.2fs, stuck for %.0fs",
+                topic,
+                _positions(records),
+                _describe(error),
+                delay,
+                self._stalls.stuck_s(topic),
+            )
+            # Sleeping here holds this consumer before the rewind and the next fetch; its
+            # heartbeats go on in the background, so the group does not evict it.
+            await asyncio.sleep(delay)
+            raise
+        self._stalls.succeeded(topic)
+        return result
+
+
+def _positions(records: Iterable[ConsumerRecord[Any, Any]]) -> str:
+    first: dict[int, int] = {}
+    for record in records:
+        first[record.partition] = min(first.get(record.partition, record.offset), record.offset)
+    return ", ".join(f"[{p}]@{o}" for p, o in sorted(first.items()))
 
 
 @dataclass(frozen=True)
@@ -38,10 +162,14 @@ class Delivery(Generic[M]):
 
 
 class DeadLetters:
-    """Sends messages that cannot be processed to `<topic>.dlq`, value unchanged.
+    """Sends messages that cannot be processed to `<topic>.dlq`: key, value and headers
+    unchanged (header values stay bytes, a null one stays null).
 
     Headers say why (`dlq.reason`, `dlq.error`) and where it came from
-    (`dlq.topic`, `dlq.partition`, `dlq.offset`, `dlq.service`, `dlq.at`).
+    (`dlq.topic`, `dlq.partition`, `dlq.offset`, `dlq.service`, `dlq.at`). A record the
+    producer or the broker refuses as too large goes as a stub instead (`dlq.stub`,
+    `dlq.size` and a JSON body naming its coordinates), so that no legal record can stop
+    a partition. Built on a service's broker, it also hooks `Stalls` into it.
     """
 
     def __init__(self, broker: KafkaBroker, *, service: str, registry: CollectorRegistry) -> None:
@@ -53,24 +181,16 @@ class DeadLetters:
             ["topic", "reason"],
             registry=registry,
         )
+        self.stalls = Stalls(registry)
+        broker.add_middleware(self.stalls.middleware)
 
     async def send(self, record: ConsumerRecord[bytes, bytes], *, reason: str, error: str) -> None:
         """Dead-letter one record; returns once the broker has it (before the offset moves)."""
-        headers = {name: value.decode(errors="replace") for name, value in record.headers}
-        headers.update(
-            {
-                "dlq.reason": reason,
-                "dlq.error": error[:2000],
-                "dlq.topic": record.topic,
-                "dlq.partition": str(record.partition),
-                "dlq.offset": str(record.offset),
-                "dlq.service": self._service,
-                "dlq.at": datetime.now(UTC).isoformat(),
-            }
-        )
-        await self._broker.publish(
-            record.value or b"", topics.dlq(record.topic), key=record.key, headers=headers
-        )
+        about = self._about(record, reason=reason, error=error)
+        try:
+            await self._publish(record.topic, record.key, record.value, [*record.headers, *about])
+        except _TOO_LARGE as refused:
+            await self._send_stub(record, reason=reason, error=error, refused=refused)
         self._counter.labels(record.topic, reason).inc()
         log.warning(
             "dead-lettered %s[%d]@%d: %s",
@@ -79,6 +199,76 @@ class DeadLetters:
             record.offset,
             reason,
         )
+
+    async def _send_stub(
+        self, record: ConsumerRecord[bytes, bytes], *, reason: str, error: str, refused: Exception
+    ) -> None:
+        """What stands for a record too large to re-publish: its coordinates, size and why.
+
+        The original stays in its topic (while retention keeps it), where the coordinates
+        find it; its headers and an oversized key are left out, as they may be the bulk.
+        """
+        size = record_size(record)
+        stub = {
+            "dead_letter_stub": True,
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "timestamp_ms": record.timestamp,
+            "size": size,
+            "reason": reason,
+            "error": error[:2000],
+            "refused": _describe(refused)[:2000],
+            "service": self._service,
+        }
+        key = record.key if record.key is None or len(record.key) <= _STUB_MAX_KEY else None
+        headers = [
+            *self._about(record, reason=reason, error=error),
+            ("dlq.stub", b"too_large"),
+            ("dlq.size", str(size).encode()),
+        ]
+        await self._publish(record.topic, key, json.dumps(stub).encode(), headers)
+        log.error(
+            "%s[%d]@%d (%d bytes) is too large to dead-letter; sent a stub naming it: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            size,
+            refused,
+        )
+
+    def _about(
+        self, record: ConsumerRecord[bytes, bytes], *, reason: str, error: str
+    ) -> list[tuple[str, bytes | None]]:
+        about = {
+            "dlq.reason": reason,
+            "dlq.error": error[:2000],
+            "dlq.topic": record.topic,
+            "dlq.partition": str(record.partition),
+            "dlq.offset": str(record.offset),
+            "dlq.service": self._service,
+            "dlq.at": datetime.now(UTC).isoformat(),
+        }
+        return [(name, text.encode(errors="replace")) for name, text in about.items()]
+
+    async def _publish(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes | None]],
+    ) -> None:
+        # FastStream publishes header values as text only; a dead letter keeps the
+        # original's as they are (any bytes, or null), so it goes through the broker's own
+        # aiokafka producer: idempotent, acks=all, as every other record of the service.
+        if key is None and value is None:
+            value = b""  # aiokafka refuses a record with neither key nor value
+        await self._producer().send_and_wait(topics.dlq(topic), value, key=key, headers=headers)
+
+    def _producer(self) -> AIOKafkaProducer:
+        fast_producer: Any = self._broker.config.producer
+        producer: AIOKafkaProducer = fast_producer._producer.producer
+        return producer
 
     async def sort(
         self, records: tuple[ConsumerRecord[bytes, bytes], ...], model: type[M]
@@ -128,10 +318,12 @@ async def process(
     """Apply a batch in one call; retry transient failures; isolate permanent ones."""
     if not deliveries:
         return
+    topic = deliveries[0].record.topic
     try:
         await until_done(
             lambda: apply([d.message for d in deliveries]),
             retry_if=lambda error: not is_permanent(error),
+            on_retry=lambda _: dead_letters.stalls.failed(topic),
         )
     except Exception as error:
         if not is_permanent(error):

@@ -6,6 +6,7 @@ partition waits, loudly, rather than moving past a message it did not apply.
 """
 
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -27,20 +28,35 @@ def _log_attempt(state: RetryCallState) -> None:
     )
 
 
+def backoff_s(failures: int, *, first_s: float = 0.05, max_s: float = 5.0) -> float:
+    """How long to wait after the `failures`-th failure in a row: doubling from `first_s`,
+    capped at `max_s`, with jitter so replicas stuck on one cause do not retry in step."""
+    exponent = min(max(failures, 1) - 1, 32)  # 2**32 * first_s is past any cap
+    return min(max_s, first_s * 2.0**exponent) * random.uniform(0.5, 1.0)
+
+
 async def until_done(
     operation: Callable[[], Awaitable[T]],
     *,
     retry_if: Callable[[BaseException], bool] = lambda _: True,
     max_wait_s: float = 5.0,
+    on_retry: Callable[[BaseException], object] = lambda _: None,
 ) -> T:
     """Run `operation` until it succeeds or fails in a way `retry_if` refuses to retry.
 
-    Cancellation (shutdown) always stops it.
+    `on_retry` hears of each failure that will be retried (for metrics). Cancellation
+    (shutdown) always stops it.
     """
+
+    def before_sleep(state: RetryCallState) -> None:
+        _log_attempt(state)
+        if state.outcome is not None and (error := state.outcome.exception()) is not None:
+            on_retry(error)
+
     async for attempt in AsyncRetrying(
         retry=retry_if_exception(retry_if),
         wait=wait_exponential_jitter(multiplier=0.05, max=max_wait_s),
-        before_sleep=_log_attempt,
+        before_sleep=before_sleep,
         reraise=True,
     ):
         with attempt:

@@ -26,6 +26,7 @@ from shared.kafka_client import KafkaClientSettings
 
 DLQ_HEADER_PREFIX = "dlq."
 REPLAYED_FROM = "dlq.replayed-from"
+STUB = "dlq.stub"
 
 
 class DeadLetterError(Exception):
@@ -75,6 +76,11 @@ class DeadLetter:
     @property
     def reason(self) -> str:
         return self.header("dlq.reason") or "unknown"
+
+    @property
+    def is_stub(self) -> bool:
+        """A stand-in for a record too large to dead-letter: its value names the original."""
+        return self.header(STUB) is not None
 
     def replay_headers(self) -> list[tuple[str, bytes]]:
         """The original headers (every `dlq.*` one removed) plus `dlq.replayed-from`."""
@@ -233,8 +239,17 @@ async def replay(kafka: KafkaClientSettings, letters: Sequence[DeadLetter]) -> l
 
     Same key, same value; headers without the `dlq.*` ones plus `dlq.replayed-from`.
     The producer is idempotent and waits for every in-sync replica (acks=all); each copy
-    is acknowledged before the next is sent. The dead letters stay where they are.
+    is acknowledged before the next is sent. The dead letters stay where they are. A
+    stub among them (`dlq.stub`) stops the replay before anything is published.
     """
+    stubs = [letter.coordinates for letter in letters if letter.is_stub]
+    if stubs:
+        # Its value is a description, not the message: the original is still in its
+        # topic at the coordinates the stub names (while retention keeps it).
+        raise DeadLetterError(
+            f"stub(s) of records too large to dead-letter cannot be replayed: "
+            f"{', '.join(stubs)}; each names its original (topic, partition, offset)"
+        )
     targets = {letter.original_topic for letter in letters}
     missing = sorted(targets - set(await existing_topics(kafka, targets)))
     if missing:

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from shared import topics
 from shared.consumer import DeadLetters, process
+from shared.dead_letters import DeadLetter, DeadLetterError, replay
 from shared.kafka_admin import ensure_topics
 from tests.support import eventually, unique
 
@@ -158,6 +159,9 @@ async def test_a_record_too_large_to_republish_goes_as_a_stub_naming_it(
     assert headers["dlq.stub"] == b"too_large" and headers["dlq.offset"] == b"%d" % original.offset
     assert headers["dlq.reason"] == b"invalid_message" and stub.key == b"k-big"
     assert (after.key, after.value) == (b"k-next", b"next")  # the partition moved on
+    with pytest.raises(DeadLetterError, match="stub"):  # a description is not the message
+        await replay(infra.kafka(), [DeadLetter.of(after), DeadLetter.of(stub)])
+    assert len(await read_all(infra, topic)) == 2  # nothing was published
     counted = registry.get_sample_value(
         "coinstream_dead_letters_total", {"topic": topic, "reason": "invalid_message"}
     )

@@ -53,8 +53,13 @@ async def until_done(
         if state.outcome is not None and (error := state.outcome.exception()) is not None:
             on_retry(error)
 
+    def retryable(error: BaseException) -> bool:
+        # tenacity catches BaseException: without this a cancelled batch (a shutdown, a
+        # rebalance) would be retried forever and the task would never end.
+        return isinstance(error, Exception) and retry_if(error)
+
     async for attempt in AsyncRetrying(
-        retry=retry_if_exception(retry_if),
+        retry=retry_if_exception(retryable),
         wait=wait_exponential_jitter(multiplier=0.05, max=max_wait_s),
         before_sleep=before_sleep,
         reraise=True,

@@ -61,13 +61,15 @@ class Stalls(Collector):
     A batch that fails with an error nothing handled (Kafka refused a dead letter, the
     service raised something unexpected) is rewound by the delivery policy
     (NACK_ON_ERROR) and fetched again; `middleware` waits before letting that happen,
-    longer after each failure in a row on the topic, so a consumer that cannot get past
-    a message waits instead of spinning. Nothing is skipped: the batch is processed
-    again until it succeeds. Transient failures retried in place (`process`) count too.
+    longer after each failure in a row at the same offsets, so a consumer that cannot
+    get past a message waits instead of spinning. Nothing is skipped: the batch is
+    processed again until it succeeds. Transient failures retried in place (`process`)
+    count too.
 
     Metrics: `coinstream_consumer_retries_total{topic}` counts the retries;
-    `coinstream_consumer_stuck_seconds{topic}` is how long the topic's consumer has been
-    failing on the offsets it stands at (0 once a batch succeeds).
+    `coinstream_consumer_stuck_seconds{topic}` is how long the topic's longest-stuck
+    partition has been failing at the offset it stands at (0 when none is: a batch
+    that succeeds clears the partitions it held).
     """
 
     def __init__(self, registry: CollectorRegistry, *, max_backoff_s: float = 5.0) -> None:
@@ -78,27 +80,37 @@ class Stalls(Collector):
             ["topic"],
             registry=registry,
         )
-        self._failures: dict[str, int] = {}
-        self._since: dict[str, float] = {}
+        # Per partition: the offset it is stuck at, since when, failures in a row there.
+        self._stuck: dict[tuple[str, int], tuple[int, float, int]] = {}
         self._topics: set[str] = set()
         registry.register(self)
 
-    def failed(self, topic: str) -> float:
-        """Record a failure that will be retried; returns how long to wait first."""
+    def failed(self, records: Sequence[ConsumerRecord[Any, Any]]) -> float:
+        """Record a failed batch that will be retried; returns how long to wait first."""
+        now = time.monotonic()
+        failures = 0
+        for (topic, partition), offset in _first_offsets(records).items():
+            at, since, count = self._stuck.get((topic, partition), (offset, now, 0))
+            if at != offset:  # it moved on and is stuck again further along
+                at, since, count = offset, now, 0
+            self._stuck[topic, partition] = (at, since, count + 1)
+            failures = max(failures, count + 1)
+        topic = records[0].topic
         self._topics.add(topic)
-        self._since.setdefault(topic, time.monotonic())
-        self._failures[topic] = failures = self._failures.get(topic, 0) + 1
         self._retries.labels(topic).inc()
         return backoff_s(failures, max_s=self.max_backoff_s)
 
-    def succeeded(self, topic: str) -> None:
-        self._topics.add(topic)
-        self._since.pop(topic, None)
-        self._failures.pop(topic, None)
+    def succeeded(self, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+        """The batch was processed: its partitions are past where they were stuck."""
+        for topic, partition in _first_offsets(records):
+            self._topics.add(topic)
+            self._stuck.pop((topic, partition), None)
 
     def stuck_s(self, topic: str) -> float:
-        since = self._since.get(topic)
-        return 0.0 if since is None else time.monotonic() - since
+        """How long the longest-stuck partition of `topic` has failed where it stands."""
+        now = time.monotonic()
+        ages = [now - since for (name, _), (_, since, _) in self._stuck.items() if name == topic]
+        return max(ages, default=0.0)
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         gauge = GaugeMetricFamily(
@@ -129,7 +141,7 @@ class _BackOff(BaseMiddleware):
         try:
             result = await call_next(msg)
         except Exception as error:
-            delay = self._stalls.failed(topic)
+            delay = self._stalls.failed(records)
             log.error(
                 "%s: batch from %s failed (%s); rewinding in %.2fs, stuck for %.0fs",
                 topic,
@@ -142,15 +154,22 @@ class _BackOff(BaseMiddleware):
             # heartbeats go on in the background, so the group does not evict it.
             await asyncio.sleep(delay)
             raise
-        self._stalls.succeeded(topic)
+        self._stalls.succeeded(records)
         return result
 
 
-def _positions(records: Iterable[ConsumerRecord[Any, Any]]) -> str:
-    first: dict[int, int] = {}
+def _first_offsets(records: Iterable[ConsumerRecord[Any, Any]]) -> dict[tuple[str, int], int]:
+    """Where each (topic, partition) of a batch starts: where a rewind takes it back."""
+    first: dict[tuple[str, int], int] = {}
     for record in records:
-        first[record.partition] = min(first.get(record.partition, record.offset), record.offset)
-    return ", ".join(f"[{p}]@{o}" for p, o in sorted(first.items()))
+        key = (record.topic, record.partition)
+        first[key] = min(first.get(key, record.offset), record.offset)
+    return first
+
+
+def _positions(records: Iterable[ConsumerRecord[Any, Any]]) -> str:
+    first = _first_offsets(records)
+    return ", ".join(f"[{p}]@{o}" for (_, p), o in sorted(first.items()))
 
 
 @dataclass(frozen=True)
@@ -318,12 +337,12 @@ async def process(
     """Apply a batch in one call; retry transient failures; isolate permanent ones."""
     if not deliveries:
         return
-    topic = deliveries[0].record.topic
+    records = [d.record for d in deliveries]
     try:
         await until_done(
             lambda: apply([d.message for d in deliveries]),
             retry_if=lambda error: not is_permanent(error),
-            on_retry=lambda _: dead_letters.stalls.failed(topic),
+            on_retry=lambda _: dead_letters.stalls.failed(records),
         )
     except Exception as error:
         if not is_permanent(error):

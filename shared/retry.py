@@ -5,6 +5,7 @@ during a rebalance) retries the whole transaction with capped exponential backof
 partition waits, loudly, rather than moving past a message it did not apply.
 """
 
+import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -67,3 +68,20 @@ async def until_done(
         with attempt:
             return await operation()
     raise AssertionError("unreachable: AsyncRetrying without stop retries until success")
+
+
+async def drain_forever(
+    step: Callable[[], Awaitable[int]], *, interval_s: float, what: str
+) -> None:
+    """Run `step` until it returns 0, sleep `interval_s`, and again, until cancelled.
+
+    A background loop (reconciling what is in doubt) must outlive a provider or
+    database outage: a failure is logged and the loop goes on after the pause.
+    """
+    while True:
+        try:
+            while await step():
+                pass
+        except Exception:
+            log.exception("%s failed; retrying", what)
+        await asyncio.sleep(interval_s)

@@ -44,6 +44,7 @@ from shared.db import Connection, Database
 from shared.faults import crash_point
 from shared.idempotency import first_of_each, refuse_if_different
 from shared.money import Money
+from shared.retry import drain_forever
 
 log = logging.getLogger(__name__)
 
@@ -285,13 +286,11 @@ class PaymentService:
 
     async def reconcile_forever(self) -> None:
         """Run `reconcile` every `reconcile_interval_s` until cancelled."""
-        while True:
-            try:
-                while await self.reconcile():
-                    pass
-            except Exception:  # reconciliation must outlive a provider or database outage
-                log.exception("purchase reconciliation failed; retrying")
-            await asyncio.sleep(self._settings.reconcile_interval_s)
+        await drain_forever(
+            self.reconcile,
+            interval_s=self._settings.reconcile_interval_s,
+            what="purchase reconciliation",
+        )
 
     async def handle_chargebacks(self, chargebacks: Sequence[ChargebackReceived]) -> None:
         """Reverse completed purchases (payment.purchase-reversed); record every chargeback.

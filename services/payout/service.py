@@ -38,6 +38,7 @@ from shared.contracts import (
 from shared.db import Connection, Database
 from shared.faults import crash_point
 from shared.idempotency import first_of_each, refuse_if_different
+from shared.retry import drain_forever
 
 log = logging.getLogger(__name__)
 
@@ -274,13 +275,11 @@ class PayoutService:
 
     async def reconcile_forever(self) -> None:
         """Run `reconcile` every `reconcile_interval_s` until cancelled."""
-        while True:
-            try:
-                while await self.reconcile():
-                    pass
-            except Exception:  # reconciliation must outlive a provider or database outage
-                log.exception("payout reconciliation failed; retrying")
-            await asyncio.sleep(self._settings.reconcile_interval_s)
+        await drain_forever(
+            self.reconcile,
+            interval_s=self._settings.reconcile_interval_s,
+            what="payout reconciliation",
+        )
 
 
 def _settlement(transfer: Transfer | None) -> Settlement:

@@ -26,7 +26,6 @@ as the service accepts it (validation), an event as the service writes it
 `x-kafka-key` and `x-internal`.
 """
 
-import argparse
 import functools
 import inspect
 import json
@@ -43,6 +42,7 @@ from faststream.security import SASLScram512
 from faststream.specification import AsyncAPI
 from pydantic import ConfigDict
 
+from devstack import generated_docs
 from services.gifting import handlers as gifting_handlers
 from services.gifting.settings import GiftingSettings
 from services.payment import handlers as payment_handlers
@@ -450,31 +450,13 @@ def write(docs_dir: Path = DOCS_DIR) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    return generated_docs.command(
+        argv,
         prog="python -m devstack.asyncapi",
-        description="Regenerate docs/asyncapi.json and docs/schemas/ from the code.",
+        what="docs/asyncapi.json and docs/schemas/",
+        check=check,
+        write=write,
     )
-    parser.add_argument(
-        "--check",
-        action="store_true",
-        help="write nothing; exit 1 naming every file that differs from the code",
-    )
-    args = parser.parse_args(argv)
-    if args.check:
-        problems = check()
-        for problem in problems:
-            print(problem, file=sys.stderr)
-        if problems:
-            print("The documents do not match the code: run `make docs`.", file=sys.stderr)
-            return 1
-        print("docs/asyncapi.json and docs/schemas/ match the code.")
-        return 0
-    changed = write()
-    for line in changed:
-        print(line)
-    if not changed:
-        print("docs/asyncapi.json and docs/schemas/ were up to date.")
-    return 0
 
 
 if __name__ == "__main__":

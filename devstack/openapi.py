@@ -29,7 +29,6 @@ what the routes build (CONTRACT.md, HTTP); the unit test runs every route with s
 services and checks its body against them.
 """
 
-import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -41,6 +40,7 @@ from typing import Any, Final, cast, get_args
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from starlette.routing import BaseRoute, Route
 
+from devstack import generated_docs
 from services.gifting import api as gifting_api
 from services.gifting.settings import GiftingSettings
 from services.payment import api as payment_api
@@ -803,31 +803,13 @@ def write(docs_dir: Path = DOCS_DIR) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    return generated_docs.command(
+        argv,
         prog="python -m devstack.openapi",
-        description="Regenerate docs/openapi.json from the code.",
+        what=f"docs/{OPENAPI_FILE}",
+        check=check,
+        write=write,
     )
-    parser.add_argument(
-        "--check",
-        action="store_true",
-        help="write nothing; exit 1 naming the file when it differs from the code",
-    )
-    args = parser.parse_args(argv)
-    if args.check:
-        problems = check()
-        for problem in problems:
-            print(problem, file=sys.stderr)
-        if problems:
-            print("The document does not match the code: run `make docs`.", file=sys.stderr)
-            return 1
-        print(f"docs/{OPENAPI_FILE} matches the code.")
-        return 0
-    changed = write()
-    for line in changed:
-        print(line)
-    if not changed:
-        print(f"docs/{OPENAPI_FILE} was up to date.")
-    return 0
 
 
 if __name__ == "__main__":

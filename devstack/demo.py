@@ -24,6 +24,7 @@ from rich.table import Table
 from devstack.instances import Endpoints, get_instance, stack_endpoints
 from shared import acl, auth, topics
 from shared.db_roles import READER
+from shared.money import Money
 
 WALLET = "http://127.0.0.1:8082"
 GIFTING = "http://127.0.0.1:8083"
@@ -165,7 +166,7 @@ def describe(topic: str, body: dict[str, Any]) -> str:
             amount = body["amount"]
             return (
                 f"[green]payout completed[/] {body['creator_id']}: {body['diamonds']} diamonds = "
-                f"{amount['amount_minor'] / 100:.2f} {amount['currency']}"
+                f"{Money.model_validate(amount)}"
             )
         case topics.COINS_CREDITED | topics.COINS_DEBITED | topics.DIAMONDS_CREDITED:
             what = topic.split(".")[-1].replace("-", " ")

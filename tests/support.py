@@ -278,13 +278,18 @@ async def run_audit(database_url: str) -> tuple[int, str]:
 
 
 def purchase_request(
-    *, user_id: str, package_id: str = "coins_70", amount: int = 99, method: str = "pm_card_ok"
+    *,
+    user_id: str,
+    package_id: str = "coins_70",
+    amount: int = 99,
+    method: str = "pm_card_ok",
+    currency: str = "USD",
 ) -> dict[str, Any]:
     return {
         "request_id": unique("req"),
         "user_id": user_id,
         "package_id": package_id,
-        "price": {"amount_minor": amount, "currency": "USD"},
+        "price": {"amount_minor": amount, "currency": currency},
         "payment_method": method,
         "occurred_at": "2026-11-22T12:00:00+00:00",
     }

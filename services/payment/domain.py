@@ -4,7 +4,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import ROUND_CEILING, Decimal
+from decimal import Decimal
 from typing import Literal
 
 from shared.contracts import PurchaseFailureReason, PurchaseRequested
@@ -62,9 +62,11 @@ class RiskLimits:
     usd_per_unit: Mapping[str, Decimal]
 
     def in_usd_minor(self, price: Money) -> int:
-        """The price in US cents, rounded up: the cap is never exceeded by rounding."""
-        cents = Decimal(price.amount_minor) * self.usd_per_unit[price.currency]
-        return int(cents.to_integral_value(rounding=ROUND_CEILING))
+        """The price in US cents, rounded up: the cap is never exceeded by rounding.
+        The price is read in its own currency's minor unit (¥500 is 500 yen, 1.500 KWD
+        is 1500 fils)."""
+        usd = price.units() * self.usd_per_unit[price.currency]
+        return Money.of_units(usd, "USD", rounding="up").amount_minor
 
 
 @dataclass

@@ -1,9 +1,9 @@
-from decimal import Decimal
 from pathlib import Path
 from typing import ClassVar
 
 from pydantic import Field, SecretStr
 
+from shared.money import UsdRates, default_usd_rates
 from shared.settings import ServiceSettings
 
 
@@ -15,9 +15,7 @@ class PaymentSettings(ServiceSettings):
     """At most this much (in US cents, other currencies converted) per user per UTC day."""
     purchases_per_hour: int = Field(default=20, ge=0)
     """At most this many purchases per user in any rolling hour."""
-    usd_per_unit: dict[str, Decimal] = Field(
-        default_factory=lambda: {"USD": Decimal(1), "EUR": Decimal("1.08")}
-    )
+    usd_per_unit: UsdRates = Field(default_factory=default_usd_rates)
     """Exchange rates for the daily cap: one unit of the currency in US dollars.
     A currency missing here is not accepted (`invalid_request`)."""
 

@@ -7,7 +7,7 @@ whether a request may go on to reserve diamonds, and `amount` prices it.
 import hashlib
 from dataclasses import dataclass, replace
 from datetime import datetime
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from decimal import Decimal
 from typing import Literal
 
 from services.payout.errors import HoldAnswerMismatchError, UnknownPayoutError
@@ -39,16 +39,16 @@ class PayoutRules:
     usd_per_unit: dict[str, Decimal]
 
     def amount(self, diamonds: int, currency: str) -> Money:
-        """What `diamonds` pay in `currency`, in minor units, rounded down: a creator is
-        never paid more than the diamonds are worth (a fraction of a cent stays)."""
-        units = diamonds * self.diamond_value_usd / self.usd_per_unit[currency] * 100
-        return Money(amount_minor=int(units.to_integral_value(ROUND_FLOOR)), currency=currency)
+        """What `diamonds` pay in `currency`, in its minor unit (ISO 4217: cents, yen,
+        fils), rounded down: a creator is never paid more than the diamonds are worth
+        (a fraction of the minor unit stays)."""
+        units = diamonds * self.diamond_value_usd / self.usd_per_unit[currency]
+        return Money.of_units(units, currency, rounding="down")
 
     def usd_minor(self, diamonds: int) -> int:
         """The diamonds' worth in US cents, rounded up, for the daily limit (never
         exceeded by rounding)."""
-        cents = diamonds * self.diamond_value_usd * 100
-        return int(cents.to_integral_value(ROUND_CEILING))
+        return Money.of_units(diamonds * self.diamond_value_usd, "USD", rounding="up").amount_minor
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
+from shared.money import UsdRates, default_usd_rates
 from shared.settings import ServiceSettings
 
 
@@ -16,9 +17,7 @@ class PayoutSettings(ServiceSettings):
     """At most this much (US cents) paid out to one creator per UTC day."""
     diamond_value_usd: Decimal = Decimal("0.005")
     """What one diamond is worth in US dollars (200 diamonds = $1)."""
-    usd_per_unit: dict[str, Decimal] = Field(
-        default_factory=lambda: {"USD": Decimal(1), "EUR": Decimal("1.08")}
-    )
+    usd_per_unit: UsdRates = Field(default_factory=default_usd_rates)
     """One unit of a payout currency in US dollars; a creator's currency must be here."""
     hold_timeout_s: float = Field(default=3_600, gt=0)
     """A payout's hold must be settled within this; the wallet audit names late ones."""

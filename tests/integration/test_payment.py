@@ -2,6 +2,7 @@
 
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -11,6 +12,7 @@ import pytest
 from services.payment.main import create_app
 from services.payment.settings import PaymentSettings
 from shared import topics
+from shared.money import default_usd_rates
 from tests.support import TopicReader, eventually, in_process, publish, purchase_request, unique
 
 pytestmark = pytest.mark.integration
@@ -25,6 +27,7 @@ async def payment(
     budget, ~0.1 s)."""
     settings = service_settings(
         PaymentSettings,
+        usd_per_unit={**default_usd_rates(), "KWD": Decimal("3.26")},
         provider_retry_base_s=0.01,
         reconcile_after_s=1.0,
         reconcile_interval_s=0.2,
@@ -115,8 +118,56 @@ async def test_the_catalog_lists_packages_per_currency(payment: httpx.AsyncClien
     ]
     eur = (await payment.get("/v1/packages?currency=EUR")).json()["packages"]
     assert {p["price"]["currency"] for p in eur} == {"EUR"}
-    assert (await payment.get("/v1/packages?currency=JPY")).json()["packages"] == []
+    jpy = (await payment.get("/v1/packages?currency=JPY")).json()["packages"]
+    assert [(p["package_id"], p["price"]["amount_minor"]) for p in jpy][:2] == [
+        ("coins_70", 160),  # whole yen: JPY has no minor unit
+        ("coins_350", 800),
+    ]
+    assert (await payment.get("/v1/packages?currency=CHF")).json()["packages"] == []
     assert (await payment.get("/v1/packages?currency=dollars")).status_code == 400
+
+
+async def test_prices_are_charged_in_their_own_minor_unit(
+    payment: httpx.AsyncClient, infra: Any, database_url: str
+) -> None:
+    """¥160 is charged as 160 (yen have no minor unit) and 1.500 KWD as 1500 fils; a
+    KWD price an operator added with SQL sells at once. The cap reads each exactly."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            """
+            INSERT INTO payment.package_prices (package_id, currency, amount_minor)
+            VALUES ('coins_350', 'KWD', 1500) ON CONFLICT DO NOTHING
+            """
+        )
+    finally:
+        await conn.close()
+    user = unique("user")
+    yen = purchase_request(user_id=user, amount=160, currency="JPY")
+    dinar = purchase_request(user_id=user, package_id="coins_350", amount=1500, currency="KWD")
+    not_sold = purchase_request(user_id=user, amount=99, currency="CHF")  # no rate, no price
+    found = await outcomes(infra, user, [yen, dinar, not_sold])
+
+    assert [
+        (found[r["request_id"]]["topic"], found[r["request_id"]].get("coins"))
+        for r in (
+            yen,
+            dinar,
+        )
+    ] == [(topics.PURCHASE_COMPLETED, 70), (topics.PURCHASE_COMPLETED, 350)]
+    assert found[not_sold["request_id"]]["reason"] == "invalid_request"
+    conn = await asyncpg.connect(database_url)
+    try:
+        charged = await conn.fetch(
+            """
+            SELECT amount_minor, currency FROM payment.simulated_card_charges
+            WHERE idempotency_key = ANY($1::text[]) ORDER BY currency
+            """,
+            [yen["request_id"], dinar["request_id"]],
+        )
+    finally:
+        await conn.close()
+    assert [tuple(row) for row in charged] == [(160, "JPY"), (1500, "KWD")]
 
 
 async def outcomes(

@@ -5,6 +5,7 @@ import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -19,6 +20,7 @@ from services.wallet.main import create_app as create_wallet
 from services.wallet.settings import WalletSettings
 from shared import acl, topics
 from shared.contracts import DiamondsHoldRequested, PayoutFailed
+from shared.money import default_usd_rates
 from tests.integration.wallet_support import as_message, balance_of, give_diamonds
 from tests.support import TopicReader, eventually, in_process, publish, run_audit, unique
 
@@ -40,7 +42,11 @@ async def cashier(
     service_settings: Callable[..., Any], infra: Any, database_url: str, operator_token: str
 ) -> AsyncIterator[Cashier]:
     wallet_app = create_wallet(service_settings(WalletSettings))
-    payout_app = create_payout(service_settings(PayoutSettings, reconcile_interval_s=0.2))
+    # KWD (three decimal places) beside the default USD, EUR and JPY.
+    rates = {**default_usd_rates(), "KWD": Decimal("3.26")}
+    payout_app = create_payout(
+        service_settings(PayoutSettings, reconcile_interval_s=0.2, usd_per_unit=rates)
+    )
     async with (
         in_process(wallet_app, token=operator_token) as wallet,
         in_process(payout_app, token=operator_token) as payout,
@@ -182,12 +188,32 @@ async def test_a_eur_creator_is_paid_in_euros_rounded_down(
     assert completed["amount"] == {"amount_minor": 1851, "currency": "EUR"}
 
 
+async def test_each_currency_is_paid_in_its_own_minor_unit_rounded_down(
+    cashier: Cashier, reader: TopicReader
+) -> None:
+    """ISO 4217 decides the decimal places: yen have none, dinars three. Counting
+    either in cents would pay 100x too much (JPY) or 10x too little (KWD)."""
+    yen = await creator(cashier, diamonds=4_001, currency="JPY")
+    dinar = await creator(cashier, diamonds=4_001, currency="KWD")
+    requests = [payout_request(yen, 4_001), payout_request(dinar, 4_001)]
+    found = await cash_out(cashier, reader, requests)
+
+    # 4,001 diamonds are $20.005: 2985.82... yen -> ¥2985; 6.13650... KWD -> 6.136 KWD.
+    [(_, to_yen)], [(_, to_dinar)] = (found[r["request_id"]] for r in requests)
+    assert to_yen["amount"] == {"amount_minor": 2985, "currency": "JPY"}
+    assert to_dinar["amount"] == {"amount_minor": 6136, "currency": "KWD"}
+    status = (await cashier.payout.get(f"/v1/payouts/{requests[0]['request_id']}")).json()
+    assert status["amount"] == {"amount_minor": 2985, "currency": "JPY"}
+    await settled_balance(cashier, yen, 0)
+    await settled_balance(cashier, dinar, 0)
+
+
 async def test_every_refusal_reason_reaches_kafka(cashier: Cashier, reader: TopicReader) -> None:
     unverified = await creator(cashier, diamonds=5_000, verified=False)
     rich = await creator(cashier, diamonds=400_000)
     poor = await creator(cashier, diamonds=2_500)
     rejected = await creator(cashier, diamonds=3_000, method="po_bank_rejected")
-    odd_currency = await creator(cashier, diamonds=3_000, currency="JPY")
+    odd_currency = await creator(cashier, diamonds=3_000, currency="CHF")  # no rate for it
     cases = {
         "not_verified": payout_request(unverified, 2_000),
         "not_verified (unknown creator)": payout_request(unique("nobody"), 2_000),

@@ -102,3 +102,21 @@ def test_the_fingerprint_ignores_time_but_not_content() -> None:
     assert fingerprint(request()) == fingerprint(request(at=NOW + timedelta(minutes=5)))
     assert fingerprint(request()) != fingerprint(request(method="pm_card_declined"))
     assert fingerprint(request()) != fingerprint(request(user="u2"))
+
+
+@pytest.mark.parametrize(
+    ("price", "usd_cents"),
+    [
+        (Money(amount_minor=160, currency="JPY"), 108),  # ¥160 at 0.0067: $1.072 -> 108
+        (Money(amount_minor=40_000, currency="JPY"), 26_800),  # ¥40,000: $268.00
+        (Money(amount_minor=1_500, currency="KWD"), 489),  # 1.500 KWD at 3.26: $4.89
+        (Money(amount_minor=1, currency="KWD"), 1),  # one fils: $0.00326 -> 1 cent
+    ],
+)
+def test_the_daily_cap_reads_each_price_in_its_own_minor_unit(price: Money, usd_cents: int) -> None:
+    limits = RiskLimits(
+        daily_cap_usd_minor=250_000,
+        purchases_per_hour=20,
+        usd_per_unit={"JPY": Decimal("0.0067"), "KWD": Decimal("3.26")},
+    )
+    assert limits.in_usd_minor(price) == usd_cents

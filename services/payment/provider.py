@@ -1,4 +1,5 @@
-"""The card provider interface and the built-in simulated provider of CONTRACT.md."""
+"""The card provider interface and the built-in simulated provider of CONTRACT.md
+(Stripe's adapter: services/payment/stripe_provider.py, chosen by PAYMENT_PROVIDER)."""
 
 import asyncio
 from collections.abc import Callable

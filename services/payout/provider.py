@@ -1,4 +1,5 @@
-"""The payout provider interface and the built-in simulated bank of CONTRACT.md."""
+"""The payout provider interface and the built-in simulated bank of CONTRACT.md (Stripe's
+adapter: services/payout/stripe_provider.py, chosen by PAYOUT_PROVIDER)."""
 
 import asyncio
 from collections.abc import Callable
@@ -29,7 +30,11 @@ class PayoutProvider(Protocol):
         ...
 
     async def status(self, *, payout_id: str) -> Transfer | None:
-        """What happened to a payout; None when the provider never received it."""
+        """What happened to a payout; None when the provider never received it (or, for
+        a provider that keeps no refusals, refused it: paying again is refused again).
+
+        Raises PayoutOutcomeUnknownError when the provider cannot be asked now.
+        """
         ...
 
 

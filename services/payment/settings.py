@@ -1,10 +1,11 @@
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from shared.money import UsdRates, default_usd_rates
 from shared.settings import ServiceSettings
+from shared.stripe_kit import StripeSettings
 
 
 class PaymentSettings(ServiceSettings):
@@ -18,6 +19,12 @@ class PaymentSettings(ServiceSettings):
     usd_per_unit: UsdRates = Field(default_factory=default_usd_rates)
     """Exchange rates for the daily cap: one unit of the currency in US dollars.
     A currency missing here is not accepted (`invalid_request`)."""
+
+    payment_provider: Literal["simulated", "stripe"] = "simulated"
+    """The card provider: the simulated one of CONTRACT.md (the local stack's), or Stripe
+    (`STRIPE_*` settings, shared/stripe_kit.py)."""
+    # STRIPE_API_KEY or STRIPE_API_KEY_FILE, STRIPE_API_BASE, STRIPE_TIMEOUT_S, ...
+    stripe: StripeSettings = Field(default_factory=StripeSettings)
 
     provider_latency_ms: int = Field(default=0, ge=0)
     """Simulated provider round trip, so benchmarks can model a real card network."""
@@ -53,3 +60,9 @@ class PaymentSettings(ServiceSettings):
         if not key:
             raise ValueError("the chargeback webhook secret is empty")  # an HMAC with no key
         return key.encode()
+
+    @model_validator(mode="after")
+    def _provider_configured(self) -> "PaymentSettings":
+        if self.payment_provider == "stripe" and not self.stripe.configured:
+            raise ValueError("PAYMENT_PROVIDER=stripe needs STRIPE_API_KEY or STRIPE_API_KEY_FILE")
+        return self

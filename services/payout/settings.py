@@ -1,10 +1,11 @@
 from decimal import Decimal
-from typing import ClassVar
+from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from shared.money import UsdRates, default_usd_rates
 from shared.settings import ServiceSettings
+from shared.stripe_kit import StripeSettings
 
 
 class PayoutSettings(ServiceSettings):
@@ -26,3 +27,14 @@ class PayoutSettings(ServiceSettings):
     reconcile_after_s: float = Field(default=30.0, ge=0)
     """A payout still being paid after this long (its process died mid-call) is reconciled."""
     provider_latency_ms: int = Field(default=0, ge=0)
+    payout_provider: Literal["simulated", "stripe"] = "simulated"
+    """The payout provider: the simulated bank of CONTRACT.md (the local stack's), or
+    Stripe transfers to creators' connected accounts (`STRIPE_*` settings)."""
+    # STRIPE_API_KEY or STRIPE_API_KEY_FILE, STRIPE_API_BASE, STRIPE_TIMEOUT_S, ...
+    stripe: StripeSettings = Field(default_factory=StripeSettings)
+
+    @model_validator(mode="after")
+    def _provider_configured(self) -> "PayoutSettings":
+        if self.payout_provider == "stripe" and not self.stripe.configured:
+            raise ValueError("PAYOUT_PROVIDER=stripe needs STRIPE_API_KEY or STRIPE_API_KEY_FILE")
+        return self

@@ -121,6 +121,7 @@ class ProviderCheck(Check):
         return Result(self, len(rows), len(mismatches), 0, tuple(mismatches[: context.examples]))
 
     def problem(self, row: asyncpg.Record, record: ProviderRecord | None) -> str | None:
+        """What is wrong with our record given the provider's, or None when they match."""
         if record is None:
             return "the provider has no record of it"
         if record.outcome != self.outcome:
@@ -471,6 +472,34 @@ class PurchasesWereCharged(ProviderCheck):
 
 
 @registered
+class FailedPurchasesWereNotCharged(ProviderCheck):
+    key = "failed_purchases_charged"
+    name = "failed purchases were not charged"
+    advice = (
+        "the user paid and got no coins: a charge whose answer was lost was failed. "
+        "Refund it at the provider (its idempotency key is the request_id), or complete "
+        "the purchase by hand and credit the coins, never both."
+    )
+    outcome = "approved"
+    sql = """
+        SELECT p.request_id AS key, p.price_minor AS amount_minor, p.currency,
+               format('failed purchase (request %s, %s) of %s', p.request_id, p.reason,
+                      p.user_id) AS what
+        FROM payment.purchases p
+        WHERE p.status = 'failed' AND p.updated_at < $1
+        ORDER BY p.updated_at
+    """
+
+    def lookup(self, providers: Providers) -> ProviderLookup:
+        return providers.card
+
+    def problem(self, row: asyncpg.Record, record: ProviderRecord | None) -> str | None:
+        if record is not None and record.outcome == self.outcome:
+            return f"the provider charged {record.amount_minor} {record.currency} (minor units)"
+        return None
+
+
+@registered
 class PayoutsWerePaid(ProviderCheck):
     key = "payouts_without_bank_payment"
     name = "completed payouts were paid by the bank"
@@ -491,3 +520,30 @@ class PayoutsWerePaid(ProviderCheck):
 
     def lookup(self, providers: Providers) -> ProviderLookup:
         return providers.bank
+
+
+@registered
+class FailedPayoutsWereNotPaid(ProviderCheck):
+    key = "failed_payouts_paid"
+    name = "failed payouts were not paid by the bank"
+    advice = (
+        "the creator was paid and has the diamonds back (the hold was voided): take "
+        "the diamonds (a manual hold, posted) or recover the payment, never both."
+    )
+    outcome = "paid"
+    sql = """
+        SELECT p.payout_id AS key, p.amount_minor, p.currency,
+               format('failed payout %s (request %s, %s) of %s', p.payout_id, p.request_id,
+                      p.reason, p.creator_id) AS what
+        FROM payout.payouts p
+        WHERE p.status = 'failed' AND p.updated_at < $1
+        ORDER BY p.updated_at
+    """
+
+    def lookup(self, providers: Providers) -> ProviderLookup:
+        return providers.bank
+
+    def problem(self, row: asyncpg.Record, record: ProviderRecord | None) -> str | None:
+        if record is not None and record.outcome == self.outcome:
+            return f"the bank paid {record.amount_minor} {record.currency} (minor units)"
+        return None

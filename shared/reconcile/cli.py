@@ -16,7 +16,9 @@ from shared.reconcile.watch import serve_metrics, watch
 from shared.settings import InfraSettings
 
 
-class BankBooks(StrEnum):
+class Books(StrEnum):
+    """Whose books a provider check reads (shared.reconcile.providers.BOOKS)."""
+
     simulated = "simulated"
     none = "none"
 
@@ -48,9 +50,13 @@ def reconcile(
     examples: Annotated[
         int, typer.Option(min=0, help="findings shown per check; 0: all of them")
     ] = 10,
+    card: Annotated[
+        Books,
+        typer.Option(help="the card provider's books: the simulated provider's table, or none"),
+    ] = Books.simulated,
     bank: Annotated[
-        BankBooks, typer.Option(help="the bank's books to ask: the simulated bank's table")
-    ] = BankBooks.simulated,
+        Books, typer.Option(help="the bank's books: the simulated bank's table, or none")
+    ] = Books.simulated,
 ) -> None:
     """Match every service's records against the others' and report what does not match.
 
@@ -59,7 +65,7 @@ def reconcile(
     """
     url = database_url or InfraSettings().database_url
     where = report.without_password(url)
-    lookups = providers.providers(bank=bank.value)
+    lookups = providers.providers(card=card.value, bank=bank.value)
     out = Console(highlight=False)
 
     def run_once() -> Coroutine[Any, Any, Report]:

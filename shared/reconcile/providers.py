@@ -11,11 +11,6 @@ from typing import Protocol
 
 import asyncpg
 
-CARD_NOT_RECORDED = (
-    "not checked: the simulated provider keeps no records outside the service "
-    "(issue 10 gives it a table)"
-)
-
 
 @dataclass(frozen=True)
 class ProviderRecord:
@@ -56,6 +51,31 @@ class NoRecords:
         raise RuntimeError(self.reason)
 
 
+class SimulatedCardBooks:
+    """The simulated card provider's books: the table `payment.simulated_card_charges`,
+    which services/payment/provider.py keeps as the provider's own records (outside the
+    payment service's transactions), by idempotency key (the purchase's request_id)."""
+
+    unavailable: str | None = None
+
+    async def find(
+        self, conn: asyncpg.Connection, keys: Sequence[str]
+    ) -> dict[str, ProviderRecord]:
+        rows = await conn.fetch(
+            """
+            SELECT idempotency_key, outcome, amount_minor, currency
+            FROM payment.simulated_card_charges WHERE idempotency_key = ANY($1::text[])
+            """,
+            list(keys),
+        )
+        return {
+            row["idempotency_key"]: ProviderRecord(
+                row["outcome"], row["amount_minor"], row["currency"]
+            )
+            for row in rows
+        }
+
+
 class SimulatedBankBooks:
     """The simulated bank's books: the table `payout.simulated_bank_transfers`, which
     services/payout/provider.py keeps as the bank's own records (outside the payout
@@ -85,14 +105,21 @@ class Providers:
     bank: ProviderLookup
 
 
-def providers(*, bank: str = "simulated") -> Providers:
-    """The lookups of a deployment: the card provider's books are not readable yet (the
-    simulated one keeps them in the payment process's memory); the bank's are the
-    simulated bank's table, or `none` for a bank this command cannot ask."""
-    if bank not in ("simulated", "none"):
-        raise ValueError(f"unknown bank books {bank!r}")
+BOOKS = ("simulated", "none")
+"""Which books a reconciliation can read: the simulated providers' tables, or none (a
+provider this command cannot ask yet, such as Stripe: its checks are not run)."""
+
+
+def providers(*, card: str = "simulated", bank: str = "simulated") -> Providers:
+    """The lookups of a deployment: the simulated card provider's and bank's tables, or
+    `none` for a provider this command cannot ask (its checks say "not checked")."""
+    for what, books in (("card", card), ("bank", bank)):
+        if books not in BOOKS:
+            raise ValueError(f"unknown {what} books {books!r}")
     return Providers(
-        card=NoRecords(CARD_NOT_RECORDED),
+        card=SimulatedCardBooks()
+        if card == "simulated"
+        else NoRecords("not checked: --card none (this command cannot ask the card provider)"),
         bank=SimulatedBankBooks()
         if bank == "simulated"
         else NoRecords("not checked: --bank none (this command cannot ask the bank)"),

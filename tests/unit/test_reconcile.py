@@ -7,8 +7,15 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from shared.reconcile.checks import REGISTRY, PayoutsWerePaid, ProviderCheck, Result, SqlCheck
-from shared.reconcile.providers import CARD_NOT_RECORDED, ProviderRecord, providers
+from shared.reconcile.checks import (
+    REGISTRY,
+    FailedPurchasesWereNotCharged,
+    PayoutsWerePaid,
+    ProviderCheck,
+    Result,
+    SqlCheck,
+)
+from shared.reconcile.providers import ProviderRecord, providers
 from shared.reconcile.report import Report
 from shared.reconcile.watch import Metrics
 
@@ -16,19 +23,21 @@ from shared.reconcile.watch import Metrics
 def test_every_check_is_registered_once_with_its_name_key_and_advice() -> None:
     keys = [check.key for check in REGISTRY]
     names = [check.name for check in REGISTRY]
-    assert len(set(keys)) == len(keys) == len(set(names)) == 12
+    assert len(set(keys)) == len(keys) == len(set(names)) == 14
     for check in REGISTRY:
         assert isinstance(check, SqlCheck | ProviderCheck)
         assert check.advice and check.key.isidentifier()
 
 
-def test_the_card_provider_is_not_checked_and_the_bank_books_are_read() -> None:
+def test_the_simulated_books_are_read_unless_told_not_to() -> None:
     lookups = providers()
-    assert lookups.card.unavailable == CARD_NOT_RECORDED
-    assert lookups.bank.unavailable is None
-    assert providers(bank="none").bank.unavailable is not None
+    assert (lookups.card.unavailable, lookups.bank.unavailable) == (None, None)
+    assert "--card none" in str(providers(card="none").card.unavailable)
+    assert "--bank none" in str(providers(bank="none").bank.unavailable)
     with pytest.raises(ValueError, match="unknown bank"):
         providers(bank="stripe")
+    with pytest.raises(ValueError, match="unknown card"):
+        providers(card="stripe")
 
 
 @pytest.mark.parametrize(
@@ -46,6 +55,21 @@ def test_a_payout_matches_the_bank_only_when_paid_the_same_amount(
 ) -> None:
     row: Any = {"amount_minor": 2000, "currency": "USD"}
     assert PayoutsWerePaid().problem(row, record) == problem
+
+
+@pytest.mark.parametrize(
+    ("record", "problem"),
+    [
+        (None, None),  # refused before any charge
+        (ProviderRecord("declined", 99, "USD"), None),
+        (ProviderRecord("approved", 99, "USD"), "the provider charged 99 USD (minor units)"),
+    ],
+)
+def test_a_failed_purchase_matches_only_when_the_provider_took_no_money(
+    record: ProviderRecord | None, problem: str | None
+) -> None:
+    row: Any = {"amount_minor": 99, "currency": "USD"}
+    assert FailedPurchasesWereNotCharged().problem(row, record) == problem
 
 
 def test_the_gauges_show_each_check_and_whether_the_last_run_read_the_database() -> None:

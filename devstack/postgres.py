@@ -5,6 +5,7 @@ PostgreSQL refuses to run as root, so when we are root the cluster belongs to an
 unprivileged system user and every server command runs as that user.
 """
 
+import asyncio
 import os
 import pwd
 import shutil
@@ -282,3 +283,28 @@ async def stop_server(instance: Instance) -> bool:
         what="stopping PostgreSQL",
     )
     return True
+
+
+async def crash_and_restart(instance: Instance, *, down_s: float = 0.0) -> float:
+    """Stop the server as a crash would, `pg_ctl stop -m immediate` (every connection
+    dropped at once, no checkpoint: crash recovery at the next start), keep it down
+    `down_s`, start it again and wait until it answers. Returns the seconds it took.
+
+    For tests of what survives a database restart; the server must be running.
+    """
+    bin_dir = find_bin_dir()
+    log = instance.log("postgres")
+    started = time.monotonic()
+    data = instance.postgres_dir
+    await run(
+        _as_owner(bin_dir / "pg_ctl", "stop", "-D", data, "-m", "immediate", "-w"),
+        what="stopping PostgreSQL immediately",
+    )
+    await asyncio.sleep(down_s)
+    await run(
+        _as_owner(bin_dir / "pg_ctl", "start", "-D", data, "-w", "-t", "60"),
+        what=f"starting PostgreSQL again (see {log})",
+        log=log,
+    )
+    await wait_ready("postgres", lambda: _socket_answers(instance), log=log, timeout_s=60.0)
+    return time.monotonic() - started

@@ -11,7 +11,13 @@ Connection = asyncpg.Connection | PoolConnectionProxy
 
 
 class Database:
-    """A lazily opened asyncpg pool whose connections see only the service's schema."""
+    """A lazily opened asyncpg pool whose connections see only the service's schema.
+
+    The pool outlives a PostgreSQL restart on its own: asyncpg hands a connection the
+    server closed back to the pool, and the next `acquire` opens a new one.
+    """
+
+    CONNECT_TIMEOUT_S = 5.0  # a server that does not answer is retried, not waited for
 
     def __init__(self, dsn: str, *, schema: str, min_size: int = 2, max_size: int = 10) -> None:
         self.dsn = dsn
@@ -33,6 +39,23 @@ class Database:
             max_size=self._max_size,
             server_settings={"search_path": self.schema, "application_name": self.schema},
             reset=_keep_session,
+        )
+
+    async def connect(self, *, purpose: str) -> asyncpg.Connection:
+        """A connection of its own, outside the pool, seeing the same schema.
+
+        For a session that lives as long as the process (the relay's LISTEN): it never
+        holds one of the pool's slots, and whoever opens it closes it and opens a new
+        one when it is lost. `purpose` names it in `pg_stat_activity.application_name`
+        (`<schema>:<purpose>`), so an operator tells it from the pool's connections.
+        """
+        return await asyncpg.connect(
+            self.dsn,
+            timeout=self.CONNECT_TIMEOUT_S,
+            server_settings={
+                "search_path": self.schema,
+                "application_name": f"{self.schema}:{purpose}",
+            },
         )
 
     async def close(self) -> None:

@@ -12,16 +12,20 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shared.contracts import Event, Message
 from shared.db import Connection
 from shared.faults import crash_point
+from shared.retry import backoff_s
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes, bytes, dict[str, str]], Awaitable[Awaitable[object]]]
 """(topic, key, value, headers) -> a future that resolves once the broker has the record."""
+
+Connect = Callable[[], Awaitable[asyncpg.Connection]]
+"""Opens a new connection of the relay's own (`Database.connect`) for its LISTEN."""
 
 
 def channel(schema: str) -> str:
@@ -73,6 +77,16 @@ class RelayMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=registry,
         )
+        self.listening = Gauge(
+            "coinstream_outbox_listening",
+            "1 while the relay's LISTEN connection is open; 0: it only polls",
+            registry=registry,
+        )
+        self.listener_reconnects = Counter(
+            "coinstream_outbox_listener_reconnects",
+            "Times the relay's LISTEN connection was lost and opened again",
+            registry=registry,
+        )
 
 
 class OutboxRelay:
@@ -81,9 +95,14 @@ class OutboxRelay:
     Several replicas may run a relay on the same schema. A transaction-scoped advisory
     lock lets one batch be in flight at a time, which keeps each key's events in order
     across replicas; `FOR UPDATE SKIP LOCKED` guards the rows themselves.
+
+    A NOTIFY at commit wakes it (see `listen`); it also polls every `poll_interval_s`.
     """
 
     PURGE_EVERY_S = 300.0  # published rows are kept a day for operators, then deleted
+    LISTEN_CHECK_EVERY_S = 5.0  # how often a quiet LISTEN connection is asked to answer
+    LISTEN_CHECK_TIMEOUT_S = 5.0
+    LISTEN_RETRY_MAX_S = 2.0  # a restarted server is listened to again within this
 
     def __init__(
         self,
@@ -92,10 +111,12 @@ class OutboxRelay:
         schema: str,
         publish: Publish,
         metrics: RelayMetrics,
+        listen: Connect | None = None,
         batch_size: int = 500,
         poll_interval_s: float = 0.5,
     ) -> None:
         self._pool = pool
+        self._listen = listen
         self._schema = schema
         self._publish = publish
         self._metrics = metrics
@@ -143,17 +164,96 @@ class OutboxRelay:
         return len(rows)
 
     async def run(self) -> None:
-        """Relay until cancelled: after a full batch go on at once, else wait for a wake-up."""
+        """Relay until cancelled: after a full batch go on at once, else wait for a wake-up
+        (a NOTIFY on the schema's channel) or the poll interval, whichever comes first.
 
-        def wake(*_: object) -> None:
-            self._wakeup.set()
+        `listen` opens the LISTEN connection: one of the relay's own, outside the pool
+        (`Database.connect`), because it lives as long as the relay. Borrowed from the
+        pool it would keep a slot from the work for good, and once the server dropped
+        it the relay would hold a dead connection and poll until the process restarted.
+        Here it is watched (`_until_lost`), closed when lost and opened again with
+        backoff, while the poll keeps the outbox moving. Without `listen` the relay
+        only polls.
+        """
+        listening = None
+        if self._listen is not None:
+            listening = asyncio.create_task(self._listen_forever(self._listen))
+        try:
+            await self._relay_forever()
+        finally:
+            if listening is not None:
+                listening.cancel()
+                await asyncio.gather(listening, return_exceptions=True)
 
-        async with self._pool().acquire() as listener:
-            await listener.add_listener(channel(self._schema), wake)
+    def _wake(self, *_: object) -> None:
+        self._wakeup.set()
+
+    async def _listen_forever(self, connect: Connect) -> None:
+        """Keep one LISTEN connection open: open it, wait until it is lost, again."""
+        lost_at: float | None = None
+        while True:
+            conn = await self._reopen_listener(connect)
+            if lost_at is not None:
+                self._metrics.listener_reconnects.inc()
+                took = asyncio.get_running_loop().time() - lost_at
+                log.info("outbox relay of %s listens again after %.1fs", self._schema, took)
             try:
-                await self._relay_forever()
+                await self._until_lost(conn)
             finally:
-                await listener.remove_listener(channel(self._schema), wake)
+                self._metrics.listening.set(0)
+                await _close(conn)
+            lost_at = asyncio.get_running_loop().time()
+            log.warning(
+                "outbox relay of %s lost its LISTEN connection; polling every %ss until it is back",
+                self._schema,
+                self._poll_interval_s,
+            )
+
+    async def _reopen_listener(self, connect: Connect) -> asyncpg.Connection:
+        """Open the LISTEN connection, retrying with backoff while the server is down or
+        refuses us (the poll goes on meanwhile); only cancellation stops it."""
+        failures = 0
+        while True:
+            try:
+                return await self._open_listener(connect)
+            except Exception as error:
+                failures += 1
+                delay = backoff_s(failures, first_s=0.1, max_s=self.LISTEN_RETRY_MAX_S)
+                log.warning(
+                    "outbox relay of %s cannot LISTEN (%s: %s); trying again in %.1fs",
+                    self._schema,
+                    type(error).__name__,
+                    error,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    async def _open_listener(self, connect: Connect) -> asyncpg.Connection:
+        conn = await connect()
+        try:
+            await conn.add_listener(channel(self._schema), self._wake)
+        except BaseException:
+            await _close(conn)
+            raise
+        self._metrics.listening.set(1)
+        # Notifications sent while nobody listened are gone: look at the outbox now.
+        self._wakeup.set()
+        return conn
+
+    async def _until_lost(self, conn: asyncpg.Connection) -> None:
+        """Return once `conn` is closed or stops answering.
+
+        The termination listener hears of a closed socket at once (the server stopped
+        or restarted); the periodic query finds what no socket reports (a half-open
+        connection to a host that vanished).
+        """
+        lost = asyncio.Event()
+        conn.add_termination_listener(lambda _: lost.set())
+        while not conn.is_closed():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lost.wait(), timeout=self.LISTEN_CHECK_EVERY_S)
+            if lost.is_set() or not await _answers(conn, self.LISTEN_CHECK_TIMEOUT_S):
+                return
 
     async def _relay_forever(self) -> None:
         while True:
@@ -179,3 +279,17 @@ class OutboxRelay:
         await self._pool().execute(
             "DELETE FROM outbox WHERE published_at < now() - interval '1 day'"
         )
+
+
+async def _answers(conn: asyncpg.Connection, timeout_s: float) -> bool:
+    try:
+        await conn.execute("SELECT 1", timeout=timeout_s)
+    except Exception:  # closed, broken or too slow: any of them means a new connection
+        return False
+    return True
+
+
+async def _close(conn: asyncpg.Connection) -> None:
+    """Close gracefully if it still answers, else drop it (`close` aborts on failure)."""
+    with contextlib.suppress(Exception):
+        await conn.close(timeout=1.0)

@@ -93,6 +93,7 @@ class ServiceKit:
                 schema=self.settings.db_schema,
                 publish=outbox_publisher(producer),
                 metrics=self._relay_metrics,
+                listen=lambda: self.db.connect(purpose="outbox-listen"),
                 batch_size=self.settings.relay_batch_size,
                 poll_interval_s=self.settings.relay_poll_interval_s,
             )

@@ -187,6 +187,11 @@ def answer_lost(error: stripe.StripeError) -> bool:
 
 
 def describe(error: stripe.StripeError) -> str:
-    """A log line's account of a Stripe error (no key: Stripe's messages never hold one)."""
+    """A log line's account of a Stripe error. A refused key's message is left out: Stripe
+    quotes part of the key in it."""
     code = getattr(error, "code", None) or type(error).__name__
-    return f"{code} (HTTP {error.http_status}, request {error.request_id}): {error.user_message}"
+    if isinstance(error, stripe.AuthenticationError | stripe.PermissionError):
+        message = "Stripe refused the API key (check STRIPE_API_KEY and its permissions)"
+    else:
+        message = str(error.user_message)
+    return f"{code} (HTTP {error.http_status}, request {error.request_id}): {message}"

@@ -27,6 +27,7 @@ from shared.stripe_kit import (
     StripeConfigError,
     StripeSettings,
     UnsupportedAmountError,
+    describe,
     to_stripe_amount,
 )
 
@@ -459,6 +460,14 @@ async def test_status_lists_the_payouts_transfer_group() -> None:
     assert await transfers(FakeTransfers(listed=[])).status(payout_id="po-1") is None
     with pytest.raises(PayoutOutcomeUnknownError):
         await transfers(FakeTransfers(listed=LOST[0])).status(payout_id="po-1")
+
+
+def test_a_refused_key_is_never_quoted_in_an_error() -> None:
+    refused = stripe.AuthenticationError(
+        "Invalid API Key provided: sk_test_****cret", http_status=401
+    )
+    assert "sk_test" not in describe(refused)
+    assert "card_declined" in describe(card_error())
 
 
 # ─── settings ─────────────────────────────────────────────────────────────────────────

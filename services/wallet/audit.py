@@ -3,6 +3,9 @@
 that the ledger is whole, prints a report and exits 1 when anything is wrong (2 when
 it cannot read the database), so it can gate a deploy or page someone.
 
+The platform's accounts come in shards (one set per Kafka partition, owners `platform`
+and `platform/<n>`); every total sums them, by account kind.
+
 Checks, all in one consistent snapshot:
 - every transaction sums to zero in each unit (coins, diamonds) and has entries;
 - every entry continues its account's running balance;

@@ -3,6 +3,11 @@
 Pure: the service loads and locks the balances a batch touches, the `Ledger` applies
 transactions to them in memory, and the repository writes the resulting entries. The
 database enforces the same rules again on the entries (migration 0002).
+
+The platform's accounts are split in shards (`platform`, `shard_of`): a transaction takes
+the platform's side in the shard of the Kafka partition its message came from, so
+replicas, which own disjoint partitions, lock disjoint platform rows. The drafts below
+take that shard as `shard` (0 when a caller has no message, as in tests).
 """
 
 import hashlib
@@ -12,6 +17,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Literal
+
+from aiokafka.partitioner import murmur2
 
 from services.wallet.errors import (
     HoldMismatchError,
@@ -231,12 +238,47 @@ def hold_of(user_id: str) -> AccountRef:
     return AccountRef(user_id, AccountKind.USER_DIAMOND_HOLD)
 
 
-COIN_ISSUANCE = AccountRef(PLATFORM, AccountKind.COIN_ISSUANCE)
-BONUS_ISSUANCE = AccountRef(PLATFORM, AccountKind.BONUS_ISSUANCE)
-COIN_REVENUE = AccountRef(PLATFORM, AccountKind.COIN_REVENUE)
-DIAMOND_ISSUANCE = AccountRef(PLATFORM, AccountKind.DIAMOND_ISSUANCE)
-PLATFORM_COMMISSION = AccountRef(PLATFORM, AccountKind.PLATFORM_COMMISSION)
-PAYOUT_CLEARING = AccountRef(PLATFORM, AccountKind.PAYOUT_CLEARING)
+def platform(kind: AccountKind, shard: int) -> AccountRef:
+    """The platform's `kind` account in `shard`: owner `platform/<shard>`, and plain
+    `platform` for shard 0.
+
+    No row is locked by every transaction: each takes the platform's side in its own
+    shard. A shard's balance means nothing alone; the platform's balance of a kind is the
+    sum of its shards (the audit and reconciliation sum by kind).
+    """
+    if kind.user_owned or shard < 0:
+        raise ValueError(f"no platform account {kind} in shard {shard}")
+    # Shard 0 keeps the owner the platform's accounts had before they were sharded
+    # (migration 0009): a replica of the previous version, running while a new one rolls
+    # out, books into shard 0 rather than into accounts of its own.
+    return AccountRef(PLATFORM if shard == 0 else f"{PLATFORM}/{shard}", kind)
+
+
+def shard_of(key: str, shards: int) -> int:
+    """The partition Kafka's default partitioner gives a record keyed `key` in a topic of
+    `shards` partitions: murmur2 of the UTF-8 key, made positive, modulo the count (the
+    Java client's `Utils.toPositive(Utils.murmur2(key)) % n`, which aiokafka copies).
+
+    A wallet transaction locks the platform shard of its message's partition. Replicas
+    own disjoint partitions, so their batches, however large, lock disjoint platform
+    rows. The shard is only where the platform's side is booked: a wrong count (or a
+    producer with another partitioner) costs concurrency, never correctness.
+    """
+    return (int(murmur2(key.encode())) & 0x7FFFFFFF) % shards
+
+
+def on_shard(account: AccountRef, shard: int) -> AccountRef:
+    """`account`, or, for a platform account, the same kind in `shard`."""
+    return account if account.is_user else platform(account.kind, shard)
+
+
+# Shard 0: the platform's accounts from before they were sharded (migration 0009).
+COIN_ISSUANCE = platform(AccountKind.COIN_ISSUANCE, 0)
+BONUS_ISSUANCE = platform(AccountKind.BONUS_ISSUANCE, 0)
+COIN_REVENUE = platform(AccountKind.COIN_REVENUE, 0)
+DIAMOND_ISSUANCE = platform(AccountKind.DIAMOND_ISSUANCE, 0)
+PLATFORM_COMMISSION = platform(AccountKind.PLATFORM_COMMISSION, 0)
+PAYOUT_CLEARING = platform(AccountKind.PAYOUT_CLEARING, 0)
 
 
 def purchase_key(payment_id: str) -> str:
@@ -247,7 +289,7 @@ def clawback_key(payment_id: str) -> str:
     return f"clawback:{payment_id}"
 
 
-def purchase_credit(event: PurchaseCompleted) -> Draft:
+def purchase_credit(event: PurchaseCompleted, *, shard: int = 0) -> Draft:
     """Coins bought (and promotion bonus) move from platform issuance to the user.
 
     Purchased and bonus coins are separate transfers from separate issuance accounts,
@@ -259,9 +301,11 @@ def purchase_credit(event: PurchaseCompleted) -> Draft:
             f"payment {event.payment_id}: coins={event.coins}, bonus_coins={event.bonus_coins}"
         )
     user = coins(event.user_id)
-    postings: tuple[Posting, ...] = transfer(COIN_ISSUANCE, user, event.coins)
+    issuance = platform(AccountKind.COIN_ISSUANCE, shard)
+    postings: tuple[Posting, ...] = transfer(issuance, user, event.coins)
     if event.bonus_coins:
-        postings += transfer(BONUS_ISSUANCE, user, event.bonus_coins)
+        bonus = platform(AccountKind.BONUS_ISSUANCE, shard)
+        postings += transfer(bonus, user, event.bonus_coins)
     return Draft(
         kind=TxKind.PURCHASE,
         idempotency_key=purchase_key(event.payment_id),
@@ -289,14 +333,25 @@ def check_reversal_of(event: PurchaseReversed, credit: Iterable[Posting]) -> Non
         )
 
 
-def clawback(*, payment_id: str, request_id: str, credit: Iterable[Posting]) -> Draft:
+def clawback(
+    *, payment_id: str, request_id: str, credit: Iterable[Posting], shard: int = 0
+) -> Draft:
     """The mirror of a purchase credit: each coin goes back where it came from
-    (purchased to coin issuance, bonus to bonus issuance), whatever the balance."""
+    (purchased to coin issuance, bonus to bonus issuance), whatever the balance.
+
+    The issuance side is booked in `shard` (the reversal's), which may not be the
+    credit's: only the sum of the shards means anything.
+    """
+
+    def mirrored(p: Posting) -> Posting:
+        counter = on_shard(p.counter, shard) if p.counter else None
+        return Posting(on_shard(p.account, shard), -p.amount, counter=counter)
+
     return Draft(
         kind=TxKind.CLAWBACK,
         idempotency_key=clawback_key(payment_id),
         request_id=request_id,
-        postings=tuple(Posting(p.account, -p.amount, counter=p.counter) for p in credit),
+        postings=tuple(mirrored(p) for p in credit),
     )
 
 
@@ -304,7 +359,7 @@ def gift_key(request_id: str) -> str:
     return f"gift:{request_id}"
 
 
-def gift_debit(request: GiftDebitRequested) -> Draft:
+def gift_debit(request: GiftDebitRequested, *, shard: int = 0) -> Draft:
     """A gift as one transaction: the sender's coins go to coin revenue, and their value
     (one diamond per coin, in units) is issued as diamonds, split between the creator
     (the share gifting asked for) and the platform's commission.
@@ -322,11 +377,14 @@ def gift_debit(request: GiftDebitRequested) -> Draft:
         raise InvalidGiftDebitError(
             f"gift {request.request_id}: {request.diamonds} diamonds for {request.coins} coins"
         )
-    postings: tuple[Posting, ...] = transfer(coins(request.sender_id), COIN_REVENUE, request.coins)
+    revenue = platform(AccountKind.COIN_REVENUE, shard)
+    issuance = platform(AccountKind.DIAMOND_ISSUANCE, shard)
+    commission = platform(AccountKind.PLATFORM_COMMISSION, shard)
+    postings: tuple[Posting, ...] = transfer(coins(request.sender_id), revenue, request.coins)
     if creator_units:
-        postings += transfer(DIAMOND_ISSUANCE, diamonds(request.creator_id), creator_units)
+        postings += transfer(issuance, diamonds(request.creator_id), creator_units)
     if value_units > creator_units:
-        postings += transfer(DIAMOND_ISSUANCE, PLATFORM_COMMISSION, value_units - creator_units)
+        postings += transfer(issuance, commission, value_units - creator_units)
     return Draft(
         kind=TxKind.GIFT,
         idempotency_key=gift_key(request.request_id),
@@ -416,10 +474,13 @@ def settle_hold(hold: Hold | None, outcome: PayoutCompleted | PayoutFailed) -> H
     )
 
 
-def close_hold(*, request_id: str, creator_id: str, units: int, paid: bool) -> Draft:
-    """The second phase: post the hold (the diamonds leave for payout clearing) when the
-    payout was paid, void it (the diamonds are available again) when it failed."""
-    target = PAYOUT_CLEARING if paid else diamonds(creator_id)
+def close_hold(
+    *, request_id: str, creator_id: str, units: int, paid: bool, shard: int = 0
+) -> Draft:
+    """The second phase: post the hold (the diamonds leave for payout clearing, in
+    `shard`) when the payout was paid, void it (the diamonds are available again) when it
+    failed."""
+    target = platform(AccountKind.PAYOUT_CLEARING, shard) if paid else diamonds(creator_id)
     kind = TxKind.HOLD_POST if paid else TxKind.HOLD_VOID
     return Draft(
         kind=kind,

@@ -19,7 +19,7 @@ def create_app(
     """The wallet app; `clock` decides the spending-limit periods (tests move it)."""
     settings = settings or WalletSettings()
     kit = ServiceKit(settings)
-    service = WalletService(kit.db, WalletRepository(), clock)
+    service = WalletService(kit.db, WalletRepository(), clock, shards=settings.topic_partitions)
     kit.include(handlers.build_router(service, kit.dead_letters, settings))
     return kit.http_app(api.routes(service))
 

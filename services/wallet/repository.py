@@ -71,7 +71,9 @@ class WalletRepository:
             owners,
             kinds,
         )
-        # One fixed lock order for every writer: no two batches can deadlock.
+        # One fixed lock order for every writer: no two batches can deadlock. Any total
+        # order will do, so platform shards created later (higher ids than many users)
+        # need no special place in it (the INSERT above creates in one order too).
         rows = await conn.fetch(
             """
             SELECT a.account_id, a.owner_id, a.kind, a.balance, a.frozen
@@ -574,7 +576,8 @@ class AuditQueries:
         )
 
     async def entry_totals(self, conn: Connection) -> dict[str, int]:
-        """The sum of all entries per account kind (the ledger's own totals)."""
+        """The sum of all entries per account kind (the ledger's own totals), over every
+        owner: a platform kind's total is the sum of its shards."""
         rows = await conn.fetch(
             """
             SELECT k.kind, coalesce(sum(e.amount), 0)::bigint AS total
@@ -608,7 +611,9 @@ class AuditQueries:
                    (SELECT count(*) FROM ledger_entries) AS entries,
                    (SELECT count(*) FROM accounts WHERE frozen) AS frozen_accounts,
                    (SELECT count(*) FROM pending_clawbacks) AS pending_clawbacks,
-                   (SELECT count(*) FROM holds WHERE status = 'open') AS open_holds
+                   (SELECT count(*) FROM holds WHERE status = 'open') AS open_holds,
+                   (SELECT count(DISTINCT owner_id) FROM accounts JOIN account_kinds USING (kind)
+                    WHERE NOT user_owned) AS platform_shards
             """
         )
         assert row is not None

@@ -40,6 +40,7 @@ from shared.contracts import (
     GiftDebitAnswered,
     GiftDebitRefusal,
     GiftDebitRequested,
+    Message,
     PayoutCompleted,
     PayoutFailed,
     PurchaseCompleted,
@@ -75,10 +76,19 @@ class WalletService:
         db: Database,
         repository: WalletRepository,
         clock: Callable[[], datetime] = utc_now,
+        *,
+        shards: int,
     ) -> None:
         self._db = db
         self._repository = repository
         self._clock = clock  # decides which UTC day, week and month a gift counts in
+        # The partitions of the wallet's input topics (TOPIC_PARTITIONS): a transaction
+        # books the platform's side in the shard of its message's partition.
+        self._shards = shards
+
+    def _shard(self, message: Message) -> int:
+        """The platform shard of the partition `message` was published to (by its key)."""
+        return domain.shard_of(message.key(), self._shards)
 
     async def credit_purchases(self, events: Sequence[PurchaseCompleted]) -> None:
         """Credit bought coins once per payment, and publish `wallet.coins-credited`.
@@ -91,7 +101,7 @@ class WalletService:
         crash_point("wallet.credit.received")
         # Built before anything is written: one nonsensical event fails the batch at
         # once, and the consumer isolates it by halving.
-        drafts = {e.event_id: domain.purchase_credit(e) for e in events}
+        drafts = {e.event_id: domain.purchase_credit(e, shard=self._shard(e)) for e in events}
         async with self._db.transaction() as conn:
             fresh = await inbox.claim_many(
                 conn, topic=topics.PURCHASE_COMPLETED, message_ids=list(drafts)
@@ -121,6 +131,7 @@ class WalletService:
                 payment_id=p.payment_id,
                 request_id=p.request_id,
                 credit=credit_of[p.payment_id].postings,
+                shard=self._shard(events_of[domain.purchase_key(p.payment_id)]),
             )
             for p in pending
         ]
@@ -155,12 +166,14 @@ class WalletService:
             crash_point("wallet.clawback.before_commit")
 
     async def _reverse(self, conn: Connection, reversals: dict[str, PurchaseReversed]) -> Applied:
-        # Lock first (see _credit): the users' coins and the issuance accounts a
-        # clawback returns coins to, in one go so the id order holds.
+        # Lock first (see _credit): the users' coins and the issuance accounts (of the
+        # reversals' shards) a clawback returns coins to, in one go so the id order holds.
+        shards = {payment: self._shard(r) for payment, r in reversals.items()}
+        issuance = (AccountKind.COIN_ISSUANCE, AccountKind.BONUS_ISSUANCE)
         locked = await self._repository.lock_accounts(
             conn,
             accounts={domain.coins(r.user_id) for r in reversals.values()}
-            | {domain.COIN_ISSUANCE, domain.BONUS_ISSUANCE},
+            | {domain.platform(kind, shard) for shard in set(shards.values()) for kind in issuance},
         )
         credits = await self._repository.get_postings(
             conn, keys=[domain.purchase_key(p) for p in reversals]
@@ -183,6 +196,7 @@ class WalletService:
                 payment_id=r.payment_id,
                 request_id=r.request_id,
                 credit=credits[domain.purchase_key(r.payment_id)],
+                shard=shards[r.payment_id],
             )
             for r in reversals.values()
             if domain.purchase_key(r.payment_id) in credits
@@ -247,7 +261,7 @@ class WalletService:
     async def _pay_for_gifts(
         self, conn: Connection, requests: list[GiftDebitRequested]
     ) -> list[Event]:
-        drafts = _gift_drafts(requests)
+        drafts = _gift_drafts(requests, self._shard)
         senders = {domain.coins(r.sender_id) for r in requests}
         locked = await self._repository.lock_accounts(
             conn, accounts=senders | {ref for d in drafts.values() for ref in d.accounts}
@@ -357,14 +371,14 @@ class WalletService:
             holds = await self._repository.lock_holds(
                 conn, request_ids=sorted({p.request_id for p in payouts})
             )
-            closed: list[Hold] = []
+            closed: list[tuple[Hold, int]] = []  # with the shard of the outcome that closes it
             for payout in payouts:  # in order: a second outcome sees what the first did
                 hold = domain.settle_hold(holds.get(payout.request_id), payout)
                 if hold is not None:
                     holds[hold.request_id] = hold
-                    closed.append(hold)
+                    closed.append((hold, self._shard(payout)))
             await self._repository.close_holds(
-                conn, paid={h.request_id: h.status == "posted" for h in closed}
+                conn, paid={h.request_id: h.status == "posted" for h, _ in closed}
             )
             drafts = [
                 domain.close_hold(
@@ -372,8 +386,9 @@ class WalletService:
                     creator_id=hold.creator_id,
                     units=hold.units,
                     paid=hold.status == "posted",
+                    shard=shard,
                 )
-                for hold in closed
+                for hold, shard in closed
             ]
             await self._post(conn, drafts)
             crash_point("wallet.hold_close.before_commit")
@@ -448,12 +463,14 @@ class WalletService:
         return items[:limit], items[limit - 1].entry_id if more else None
 
 
-def _gift_drafts(requests: Iterable[GiftDebitRequested]) -> dict[str, Draft]:
+def _gift_drafts(
+    requests: Iterable[GiftDebitRequested], shard: Callable[[GiftDebitRequested], int]
+) -> dict[str, Draft]:
     """The ledger transaction of each request that makes sense (the rest are refused)."""
     drafts = {}
     for request in requests:
         try:
-            drafts[request.request_id] = domain.gift_debit(request)
+            drafts[request.request_id] = domain.gift_debit(request, shard=shard(request))
         except InvalidGiftDebitError:
             log.exception("refusing gift debit %s", request.request_id)
     return drafts

@@ -16,7 +16,7 @@ from services.wallet.service import WalletService
 from services.wallet.settings import WalletSettings
 from shared import migrations, topics
 from shared.db import Database
-from tests.integration.wallet_support import as_message, completed, reversal, spend
+from tests.integration.wallet_support import SHARDS, as_message, completed, reversal, spend
 from tests.support import (
     TopicReader,
     create_database,
@@ -80,7 +80,7 @@ async def small_ledger(infra: Any) -> AsyncIterator[str]:
     db = Database(url, schema="wallet")
     await db.open()
     try:
-        service = WalletService(db, WalletRepository())
+        service = WalletService(db, WalletRepository(), shards=SHARDS)
         bought = [completed("ada", coins=350, bonus=35), completed("bob", coins=70)]
         await service.credit_purchases(bought)
         await service.claw_back([reversal(bought[0])])
@@ -100,7 +100,7 @@ async def corrupt(url: str, sql: str) -> None:
 
 
 BOB = "(SELECT account_id FROM accounts WHERE owner_id = 'bob' AND kind = 'user_coins')"
-REVENUE = "(SELECT account_id FROM accounts WHERE kind = 'coin_revenue')"
+REVENUE = "(SELECT account_id FROM accounts WHERE owner_id = 'platform' AND kind = 'coin_revenue')"
 LAST_TX = "(SELECT max(tx_id) FROM ledger_transactions)"
 
 

@@ -14,6 +14,10 @@ from shared.db import Database
 from shared.money import Money
 from tests.support import unique
 
+SHARDS = 6
+"""The platform's shards in these tests: the test stack's topics have six partitions
+(devstack's `num.partitions`, the default TOPIC_PARTITIONS)."""
+
 
 def completed(user_id: str, coins: int = 70, bonus: int = 0) -> PurchaseCompleted:
     return PurchaseCompleted(
@@ -57,7 +61,7 @@ async def spend(database_url: str, user_id: str, coins: int) -> None:
     db = Database(database_url, schema="wallet")
     await db.open()
     try:
-        service = WalletService(db, WalletRepository())
+        service = WalletService(db, WalletRepository(), shards=SHARDS)
         draft = domain.gift_debit(
             GiftDebitRequested(
                 request_id=unique("gift"),
@@ -91,7 +95,7 @@ async def give_diamonds(database_url: str, creator_id: str, diamonds: int) -> No
     db = Database(database_url, schema="wallet")
     await db.open()
     try:
-        service = WalletService(db, WalletRepository())
+        service = WalletService(db, WalletRepository(), shards=SHARDS)
         fan = unique("fan")
         credit = domain.purchase_credit(completed(fan, coins=diamonds * 2))
         gift = domain.gift_debit(

@@ -112,6 +112,15 @@ async def test_platform_accounts_hold_the_lowest_ids(conn: asyncpg.Connection) -
     ]
 
 
+async def test_platform_kinds_belong_to_the_platforms_shards_only(
+    conn: asyncpg.Connection,
+) -> None:
+    await account(conn, "platform/7", "coin_revenue")  # a shard, as created on first use
+    for owner in (unique("user"), "platform/", "platform/07", "platform/-1"):
+        async with refused(conn, asyncpg.CheckViolationError, "platform_kinds_in_platform_shards"):
+            await account(conn, owner, "coin_revenue")
+
+
 async def test_only_a_clawback_may_take_user_coins_below_zero(conn: asyncpg.Connection) -> None:
     user = await account(conn, unique("user"), "user_coins")
     issuance, revenue = await platform(conn, "coin_issuance"), await platform(conn, "coin_revenue")

@@ -270,7 +270,14 @@ class PayoutService:
         return len(doubtful)
 
     async def _look_up(self, payout: Payout) -> Transfer | None:
-        known = await self._provider.status(payout_id=payout.payout_id)
+        """What the provider did with this payout, paying it if it never received it;
+        None when the provider cannot be asked now: the payout stays `unknown` and is
+        looked up again after `reconcile_after_s`, the other payouts of the pass settle."""
+        try:
+            known = await self._provider.status(payout_id=payout.payout_id)
+        except PayoutOutcomeUnknownError as error:
+            log.warning("payout %s: the provider cannot be asked now: %s", payout.payout_id, error)
+            return None
         return known if known is not None else await self._pay(payout)
 
     async def reconcile_forever(self) -> None:

@@ -31,12 +31,14 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import jsonschema
-import kubernetes_validate
 import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
 from shared import acl
 from shared.kafka_client import KafkaClientSettings
+
+# Kubernetes' JSON schemas: pinned in the dev extras (pip install -e ".[dev]").
+kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "coinstream"
@@ -55,6 +57,10 @@ FLUSH_S = 10
 
 Manifest = dict[str, Any]
 
+# The first test may build helm (minutes on a cold Go cache); every helm call has a
+# timeout of its own, so the suite's 300 s per test is raised for this module only.
+pytestmark = pytest.mark.timeout(1800)
+
 
 # --- helm: found, else built, else skipped -------------------------------------------------
 
@@ -66,30 +72,44 @@ def _find_helm() -> Path | None:
     return None
 
 
-def _build_helm() -> Path:
+def _build_helm() -> Path | str:
+    """The pinned helm built into `.stack/bin`, or why it could not be."""
     go = shutil.which("go")
     if go is None:
-        pytest.skip(
+        return (
             f"helm not found ($HELM, {BUILT.relative_to(ROOT)}, PATH) and no Go to build it "
             f"(go install {HELM_MODULE}@{HELM_VERSION})"
         )
     BUILT.parent.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        [go, "install", f"{HELM_MODULE}@{HELM_VERSION}"],
-        env={**os.environ, "GOBIN": str(BUILT.parent)},
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
+    try:
+        done = subprocess.run(
+            [go, "install", f"{HELM_MODULE}@{HELM_VERSION}"],
+            env={**os.environ, "GOBIN": str(BUILT.parent)},
+            capture_output=True,
+            text=True,
+            timeout=1500,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"building helm {HELM_VERSION} took more than 1500 s"
     if done.returncode != 0 or not BUILT.is_file():
-        pytest.fail(f"building helm failed:\n{done.stderr[-2000:]}")
+        return f"building helm {HELM_VERSION} failed:\n{done.stderr[-2000:]}"
     return BUILT
 
 
 @cache
-def helm() -> Path:
+def _helm_or_reason() -> Path | str:
+    # Cached, so a failed build is tried once per session, not once per test.
     return _find_helm() or _build_helm()
+
+
+def helm() -> Path:
+    found = _helm_or_reason()
+    if isinstance(found, str):
+        if shutil.which("go") is None:
+            pytest.skip(found)
+        pytest.fail(found)
+    return found
 
 
 def run_helm(*args: str) -> subprocess.CompletedProcess[str]:
@@ -343,6 +363,39 @@ def test_the_database_password_file_is_copied_private_where_the_url_names_it() -
         command = init["command"]
         assert command[:5] == ["install", "-m", "0600", "-t", str(Path(passfile).parent)]
         assert Path(command[5]).name == Path(passfile).name
+
+
+SECRETS_DIR = Path("/var/run/secrets/coinstream")
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_every_file_the_environment_names_is_mounted(case: Path | None) -> None:
+    """Password files, keys and CAs named by the settings exist in the pod: in the
+    projected Secret volume, or copied there by the init container."""
+    objects = rendered(case)
+    for workload in [*find(objects, "Deployment"), *find(objects, "Job")]:
+        pod = workload["spec"]["template"]["spec"]
+        mounted = {
+            SECRETS_DIR / item["path"]
+            for volume in pod["volumes"]
+            for source in volume.get("projected", {}).get("sources", [])
+            for item in source["secret"]["items"]
+        }
+        (init,) = pod["initContainers"]
+        copied = {Path(init["command"][4]) / Path(f).name for f in init["command"][5:]}
+        assert {Path(f) for f in init["command"][5:]} <= mounted
+        for container in pod["containers"]:
+            for path in _files_named(_env(container)):
+                assert path in mounted | copied, f"{workload['metadata']['name']}: {path}"
+
+
+def _files_named(env: dict[str, str]) -> Iterator[Path]:
+    for name, value in env.items():
+        if name.endswith(("_FILE", "_CAFILE")):
+            yield Path(value)
+        elif name.endswith("DATABASE_URL"):
+            query = parse_qs(urlsplit(value).query)
+            yield from (Path(v) for key in ("passfile", "sslrootcert") for v in query.get(key, []))
 
 
 # --- NetworkPolicies -------------------------------------------------------------------------

@@ -71,6 +71,9 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- $role := index . 1 -}}
 {{- $db := $root.Values.database -}}
 {{- $url := printf "postgresql://%s@%s:%d/%s?passfile=%s/%s.pgpass" $role $db.host (int $db.port) $db.name (include "coinstream.passfileDir" $root) $role -}}
+{{- if $db.caSecret.name -}}
+{{- $url = printf "%s&sslmode=verify-full&sslrootcert=%s/postgres/ca.crt" $url (include "coinstream.secretsDir" $root) -}}
+{{- end -}}
 {{- if $db.parameters }}{{ $url }}&{{ $db.parameters }}{{ else }}{{ $url }}{{ end -}}
 {{- end -}}
 
@@ -170,5 +173,14 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end }}
 {{- with $np.extraEgress }}
 {{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The PostgreSQL CA, when database.caSecret is set: one projected source. */}}
+{{- define "coinstream.databaseCaSource" -}}
+{{- with .Values.database.caSecret.name }}
+- secret:
+    name: {{ . }}
+    items: [{key: {{ $.Values.database.caSecret.key }}, path: postgres/ca.crt}]
 {{- end }}
 {{- end -}}

@@ -1,7 +1,9 @@
 """The PostgreSQL pool of a service, bound to the schema it owns."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -25,6 +27,9 @@ class Database:
         self._min_size = min_size
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
+        self.after_commit: Callable[[], None] | None = None
+        """Called after a `transaction` that asked for it (`call_after_commit`) committed:
+        the process's outbox relay, kicked to publish what was just written."""
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -66,8 +71,17 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
         """A connection inside a transaction: committed on exit, rolled back on error."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            yield conn
+        current = _Transaction(self)
+        token = _current.set(current)
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                yield conn
+        finally:
+            _current.reset(token)
+        # Committed (an error or a rollback skipped this) and the connection is back in
+        # the pool, where the relay will want one.
+        if current.call_after_commit and self.after_commit is not None:
+            self.after_commit()
 
     async def ping(self) -> bool:
         """True when PostgreSQL answers a query."""
@@ -75,6 +89,29 @@ class Database:
             return bool(await self.pool.fetchval("SELECT 1") == 1)
         except (OSError, asyncpg.PostgresError, RuntimeError):
             return False
+
+
+@dataclass
+class _Transaction:
+    db: Database
+    call_after_commit: bool = False
+
+
+_current: ContextVar[_Transaction | None] = ContextVar("transaction", default=None)
+
+
+def call_after_commit() -> bool:
+    """Ask the `Database.transaction` this code runs in to call its database's
+    `after_commit` once it has committed (never if it rolls back).
+
+    False when nobody in this process will be called: outside such a transaction, or
+    when the database has no `after_commit`.
+    """
+    current = _current.get()
+    if current is None or current.db.after_commit is None:
+        return False
+    current.call_after_commit = True
+    return True
 
 
 async def _keep_session(_: asyncpg.Connection) -> None:

@@ -4,25 +4,43 @@
 change that caused it committed. The relay publishes with an idempotent producer and
 marks rows; a crash between publishing and marking republishes the same `event_id`,
 which consumers recognise through their inbox.
+
+The outbox is split into shards by a hash of the key (kit-0002); each replica's relay
+publishes the shards it holds, so N replicas publish at once while one key's events
+keep their order.
 """
 
 import asyncio
 import contextlib
 import logging
+import math
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shared.contracts import Event, Message
-from shared.db import Connection
+from shared.db import Connection, call_after_commit
 from shared.faults import crash_point
 from shared.retry import backoff_s
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[str, bytes, bytes, dict[str, str]], Awaitable[Awaitable[object]]]
-"""(topic, key, value, headers) -> a future that resolves once the broker has the record."""
+
+class OutboxRecord(NamedTuple):
+    """One row of the outbox on its way to Kafka."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    event_id: str  # the record's `event_id` header, which consumers deduplicate by
+
+
+Publish = Callable[[Sequence[OutboxRecord]], Awaitable[None]]
+"""Send records, each key's in the order given; return once the broker has every one."""
 
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
 """Opens a new connection of the relay's own (`Database.connect`) for its LISTEN."""
@@ -34,7 +52,9 @@ def channel(schema: str) -> str:
 
 
 async def enqueue(conn: Connection, events: Sequence[Event]) -> None:
-    """Add events to the outbox inside the caller's transaction (in order) and wake the relay."""
+    """Add events to the outbox inside the caller's transaction (in order) and wake a relay:
+    the process's own once the transaction commits, when it runs in a
+    `Database.transaction` whose database has one, else any relay through NOTIFY."""
     await _add(conn, [(event, event.event_id) for event in events])
 
 
@@ -48,21 +68,25 @@ async def enqueue_request(conn: Connection, request: Message, *, message_id: str
 async def _add(conn: Connection, messages: Sequence[tuple[Message, str]]) -> None:
     if not messages:
         return
-    # The notification is delivered at commit, once per transaction however many
-    # events: only a wake-up, the relay also polls, so a lost one costs latency, not an
-    # event. One statement with the insert: one round trip less per transaction.
+    # A wake-up only: relays also poll, so a lost one costs latency, not an event. When
+    # this process's relay is kicked after the commit, no NOTIFY: a notifying commit
+    # takes a database-wide lock until it is flushed, which would serialise the commits
+    # of every replica of every service. Otherwise one NOTIFY per transaction, in one
+    # statement with the insert (one round trip less).
+    notify = not call_after_commit()
     await conn.execute(
         """
         WITH added AS (
             INSERT INTO outbox (topic, key, event_id, payload)
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[])
         )
-        SELECT pg_notify(current_schema() || '_outbox', '')
+        SELECT pg_notify(current_schema() || '_outbox', '') WHERE $5
         """,
         [message.topic for message, _ in messages],
         [message.key() for message, _ in messages],
         [message_id for _, message_id in messages],
         [message.model_dump_json().encode() for message, _ in messages],
+        notify,
     )
 
 
@@ -87,19 +111,93 @@ class RelayMetrics:
             "Times the relay's LISTEN connection was lost and opened again",
             registry=registry,
         )
+        self.batches = Counter(
+            "coinstream_outbox_batches", "Batches the relay published", registry=registry
+        )
+        self.relays = Gauge(
+            "coinstream_outbox_relays",
+            "Relays seen at work on this schema (this one included): each takes its share "
+            "of the shards",
+            registry=registry,
+        )
+
+
+@dataclass(frozen=True)
+class _Claim:
+    rows: list[asyncpg.Record]
+    pending: int  # shards that had unpublished rows
+    taken: int  # of which this batch holds (the others: past its share, or another's)
+
+
+_CLAIM = """
+WITH turn AS MATERIALIZED (
+    -- Shared with every relay of this version, exclusive for a relay of the version
+    -- before shards (one batch per schema): during a rolling upgrade the two never
+    -- publish at the same time.
+    SELECT pg_try_advisory_xact_lock_shared(hashtext($2)) AS ours
+), pending AS MATERIALIZED (
+    SELECT s.n AS shard FROM generate_series(0, outbox_shards() - 1) AS s(n)
+    WHERE EXISTS (SELECT FROM outbox WHERE shard = s.n AND published_at IS NULL)
+    ORDER BY (s.n + $4) % outbox_shards()
+), mine AS MATERIALIZED (
+    -- Evaluated row by row until the share is reached: shards another relay holds are
+    -- skipped, and the lock is taken on at most $5 shards.
+    SELECT shard FROM pending, turn
+    WHERE turn.ours AND pg_try_advisory_xact_lock(hashtext($3), shard)
+    LIMIT $5
+)
+SELECT (SELECT count(*) FROM pending) AS pending, (SELECT count(*) FROM mine) AS taken,
+       o.id, o.topic, o.key, o.event_id, o.payload, o.age_s
+FROM (SELECT 1) AS one
+LEFT JOIN LATERAL (
+    -- FOR UPDATE reads each row's latest version: a relay that held one of these shards
+    -- may have marked its rows and let go after this statement's snapshot was taken.
+    -- Nothing else locks unpublished rows, so it never waits (and SKIP LOCKED would put
+    -- a key's later rows before a skipped one).
+    SELECT id, topic, key, event_id, payload,
+           extract(epoch FROM clock_timestamp() - created_at) AS age_s
+    FROM outbox
+    WHERE shard IN (SELECT shard FROM mine) AND published_at IS NULL
+    ORDER BY id LIMIT $1
+    FOR UPDATE
+) AS o ON true
+"""
+
+_PRESENT = """
+WITH me AS (
+    INSERT INTO outbox_relays (relay) VALUES ($1)
+    ON CONFLICT (relay) DO UPDATE SET seen_at = now()
+)
+SELECT outbox_shards() AS shards,
+       1 + (SELECT count(*) FROM outbox_relays
+            WHERE relay <> $1 AND seen_at > now() - make_interval(secs => $2)) AS relays
+"""
 
 
 class OutboxRelay:
     """Publishes a schema's outbox to Kafka: claim a batch, publish it, mark it, repeat.
 
-    Several replicas may run a relay on the same schema. A transaction-scoped advisory
-    lock lets one batch be in flight at a time, which keeps each key's events in order
-    across replicas; `FOR UPDATE SKIP LOCKED` guards the rows themselves.
+    Several replicas may run a relay on the same schema, and they publish at once. A
+    batch holds the shards it claims from with a transaction-scoped advisory lock each
+    (`pg_try_advisory_xact_lock(hashtext('outbox:<schema>'), shard)`), skipping shards
+    another relay holds, and claims their oldest unpublished rows in id order. Every
+    event of a key is in one shard, a shard is in one batch at a time, and a batch marks
+    its rows before its locks go: each key's events go out in order whichever relays
+    publish them. A relay that dies mid-batch loses its locks with its transaction.
 
-    A NOTIFY at commit wakes it (see `listen`); it also polls every `poll_interval_s`.
+    Each batch takes about its share of the shards with work: all of them for a relay
+    alone, half of them with two relays (they count each other in `outbox_relays`),
+    starting from a shard that turns with every batch, so no relay keeps the others
+    from the work and no shard waits.
+
+    It is woken by `kick` (the process's own commits, see `Database.after_commit`), by a
+    NOTIFY at other writers' commits (see `listen`), and polls every `poll_interval_s`.
     """
 
     PURGE_EVERY_S = 300.0  # published rows are kept a day for operators, then deleted
+    PRESENT_EVERY_S = 2.0  # how often a relay says it is at work and counts the others
+    GONE_AFTER_S = 6.0  # a relay not seen for this long is not counted
+    CONTENDED_RETRY_S = 0.02  # shards with work all held by others: look again this soon
     LISTEN_CHECK_EVERY_S = 5.0  # how often a quiet LISTEN connection is asked to answer
     LISTEN_CHECK_TIMEOUT_S = 5.0
     LISTEN_RETRY_MAX_S = 2.0  # a restarted server is listened to again within this
@@ -124,44 +222,76 @@ class OutboxRelay:
         self._poll_interval_s = poll_interval_s
         self._wakeup = asyncio.Event()
         self._last_purge = 0.0
+        self._name = uuid.uuid4().hex
+        self._share: int | None = None  # shards per batch; None: all (before counting)
+        self._last_present = -math.inf
+        self._turn = 0
+        self._contended = False
+        self._more = False
+
+    def kick(self) -> None:
+        """Look at the outbox now (something was just committed to it)."""
+        self._wakeup.set()
 
     async def publish_batch(self) -> int:
         """Publish one batch of unpublished rows; returns how many were published."""
         async with self._pool().acquire() as conn, conn.transaction():
-            # The turn (a transaction-scoped advisory lock) and the claim in one round
-            # trip: when another relay holds the turn, no row comes back; it will publish
-            # these rows.
-            rows = await conn.fetch(
-                """
-                WITH turn AS MATERIALIZED (SELECT pg_try_advisory_xact_lock(hashtext($2)) AS ours)
-                SELECT id, topic, key, event_id, payload,
-                       extract(epoch FROM clock_timestamp() - created_at) AS age_s
-                FROM outbox, turn
-                WHERE turn.ours AND published_at IS NULL
-                ORDER BY id LIMIT $1
-                FOR UPDATE OF outbox SKIP LOCKED
-                """,
-                self._batch_size,
-                f"outbox:{self._schema}",
-            )
-            if not rows:
-                return 0
-            sent = [
+            claim = await self._claim(conn)
+            rows = claim.rows
+            if rows:
                 await self._publish(
-                    row["topic"], row["key"].encode(), row["payload"], {"event_id": row["event_id"]}
+                    [
+                        OutboxRecord(r["topic"], r["key"].encode(), r["payload"], r["event_id"])
+                        for r in rows
+                    ]
                 )
-                for row in rows
-            ]
-            await asyncio.gather(*sent)
-            crash_point("relay.after_publish")
-            await conn.execute(
-                "UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY($1::bigint[])",
-                [row["id"] for row in rows],
-            )
-        self._metrics.published.inc(len(rows))
-        for row in rows:
-            self._metrics.lag.observe(float(row["age_s"]))
+                crash_point("relay.after_publish")
+                await conn.execute(
+                    "UPDATE outbox SET published_at = clock_timestamp() "
+                    "WHERE id = ANY($1::bigint[])",
+                    [row["id"] for row in rows],
+                )
+        # Shards with work left: past this relay's share (go on at once) or held by
+        # another relay (which goes on after its batch; looked at again soon anyway).
+        self._more = len(rows) == self._batch_size or claim.taken < claim.pending
+        self._contended = claim.taken < claim.pending and not rows
+        if rows:
+            self._metrics.batches.inc()
+            self._metrics.published.inc(len(rows))
+            for row in rows:
+                self._metrics.lag.observe(float(row["age_s"]))
         return len(rows)
+
+    async def _claim(self, conn: Connection) -> _Claim:
+        self._turn += 1
+        share = self._share
+        found = await conn.fetch(
+            _CLAIM,
+            self._batch_size,
+            f"outbox:{self._schema}",
+            f"outbox-shards:{self._schema}",
+            self._turn * (share or 1) % 65536,  # where this batch starts, mod the shards
+            share,
+        )
+        first = found[0]
+        rows = [row for row in found if row["id"] is not None]
+        return _Claim(rows, int(first["pending"]), int(first["taken"]))
+
+    async def _present_if_due(self) -> None:
+        """Say this relay is at work and take its share: the shards over the relays seen."""
+        now = asyncio.get_running_loop().time()
+        if now - self._last_present < self.PRESENT_EVERY_S:
+            return
+        self._last_present = now
+        found = await self._pool().fetchrow(_PRESENT, self._name, self.GONE_AFTER_S)
+        assert found is not None
+        relays = int(found["relays"])
+        self._share = math.ceil(int(found["shards"]) / relays)
+        self._metrics.relays.set(relays)
+
+    async def _absent(self) -> None:
+        with contextlib.suppress(Exception):  # stopping: the others stop counting it soon
+            await self._pool().execute("DELETE FROM outbox_relays WHERE relay = $1", self._name)
 
     async def run(self) -> None:
         """Relay until cancelled: after a full batch go on at once, else wait for a wake-up
@@ -184,6 +314,7 @@ class OutboxRelay:
             if listening is not None:
                 listening.cancel()
                 await asyncio.gather(listening, return_exceptions=True)
+            await asyncio.shield(self._absent())
 
     def _wake(self, *_: object) -> None:
         self._wakeup.set()
@@ -257,19 +388,23 @@ class OutboxRelay:
 
     async def _relay_forever(self) -> None:
         while True:
+            # Cleared before the claim: a kick during the batch (a commit its claim may
+            # not have seen) makes one more pass.
+            self._wakeup.clear()
             try:
+                await self._present_if_due()
                 published = await self.publish_batch()
                 await self._purge_if_due()
             except Exception:  # the relay must outlive a broker or database outage
                 log.exception("outbox relay failed; retrying")
-                published = 0
-            if published < self._batch_size:
-                await self._wait()
+                published, self._more, self._contended = 0, False, False
+            if published and self._more:
+                continue
+            await self._wait(self.CONTENDED_RETRY_S if self._contended else self._poll_interval_s)
 
-    async def _wait(self) -> None:
+    async def _wait(self, timeout_s: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll_interval_s)
-        self._wakeup.clear()
+            await asyncio.wait_for(self._wakeup.wait(), timeout=timeout_s)
 
     async def _purge_if_due(self) -> None:
         now = asyncio.get_running_loop().time()
@@ -277,7 +412,10 @@ class OutboxRelay:
             return
         self._last_purge = now
         await self._pool().execute(
-            "DELETE FROM outbox WHERE published_at < now() - interval '1 day'"
+            """
+            DELETE FROM outbox WHERE published_at < now() - interval '1 day';
+            DELETE FROM outbox_relays WHERE seen_at < now() - interval '1 hour'
+            """
         )
 
 

@@ -97,6 +97,9 @@ class ServiceKit:
                 batch_size=self.settings.relay_batch_size,
                 poll_interval_s=self.settings.relay_poll_interval_s,
             )
+            if self.settings.relay_kick_after_commit:
+                # What this process commits to its outbox, its relay publishes at once.
+                self.db.after_commit = relay.kick
             self._relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
             self._tasks = [
                 asyncio.create_task(work(), name=name) for name, work in self._background
@@ -109,6 +112,7 @@ class ServiceKit:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             # Consumers first, so nothing new is written while the relay drains.
             await self.broker.stop()
+            self.db.after_commit = None
             if self._relay_task is not None:
                 self._relay_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -62,6 +62,9 @@ class ServiceSettings(InfraSettings):
     consumer_fetch_max_wait_ms: int = Field(default=500, ge=0)
     relay_batch_size: int = Field(default=500, ge=1)
     relay_poll_interval_s: float = Field(default=0.5, gt=0)
+    # After a commit that wrote to the outbox, the process's own relay publishes at once
+    # (no NOTIFY on the way); false: the commit NOTIFYs and a LISTENing relay wakes.
+    relay_kick_after_commit: bool = True
     # JWT_PUBLIC_KEY_FILE or JWT_JWKS_URL, JWT_ISSUER, JWT_AUDIENCE: HTTP bearer tokens.
     auth: AuthSettings = Field(default_factory=AuthSettings)
 

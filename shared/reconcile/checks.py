@@ -131,6 +131,19 @@ class ProviderCheck(Check):
         return None
 
 
+class NothingMovedCheck(ProviderCheck):
+    """The other way round: a record of ours that moved no money (a failed purchase or
+    payout) must have no `outcome` in the provider's books; none at all is fine."""
+
+    moved: ClassVar[str]
+    """How a finding says the provider moved the money anyway ("the bank paid")."""
+
+    def problem(self, row: asyncpg.Record, record: ProviderRecord | None) -> str | None:
+        if record is not None and record.outcome == self.outcome:
+            return f"{self.moved} {record.amount_minor} {record.currency} (minor units)"
+        return None
+
+
 REGISTRY: list[Check] = []
 """Every check, in the order the report shows them."""
 
@@ -472,7 +485,7 @@ class PurchasesWereCharged(ProviderCheck):
 
 
 @registered
-class FailedPurchasesWereNotCharged(ProviderCheck):
+class FailedPurchasesWereNotCharged(NothingMovedCheck):
     key = "failed_purchases_charged"
     name = "failed purchases were not charged"
     advice = (
@@ -481,6 +494,7 @@ class FailedPurchasesWereNotCharged(ProviderCheck):
         "the purchase by hand and credit the coins, never both."
     )
     outcome = "approved"
+    moved = "the provider charged"
     sql = """
         SELECT p.request_id AS key, p.price_minor AS amount_minor, p.currency,
                format('failed purchase (request %s, %s) of %s', p.request_id, p.reason,
@@ -492,11 +506,6 @@ class FailedPurchasesWereNotCharged(ProviderCheck):
 
     def lookup(self, providers: Providers) -> ProviderLookup:
         return providers.card
-
-    def problem(self, row: asyncpg.Record, record: ProviderRecord | None) -> str | None:
-        if record is not None and record.outcome == self.outcome:
-            return f"the provider charged {record.amount_minor} {record.currency} (minor units)"
-        return None
 
 
 @registered
@@ -523,7 +532,7 @@ class PayoutsWerePaid(ProviderCheck):
 
 
 @registered
-class FailedPayoutsWereNotPaid(ProviderCheck):
+class FailedPayoutsWereNotPaid(NothingMovedCheck):
     key = "failed_payouts_paid"
     name = "failed payouts were not paid by the bank"
     advice = (
@@ -531,6 +540,7 @@ class FailedPayoutsWereNotPaid(ProviderCheck):
         "the diamonds (a manual hold, posted) or recover the payment, never both."
     )
     outcome = "paid"
+    moved = "the bank paid"
     sql = """
         SELECT p.payout_id AS key, p.amount_minor, p.currency,
                format('failed payout %s (request %s, %s) of %s', p.payout_id, p.request_id,
@@ -542,8 +552,3 @@ class FailedPayoutsWereNotPaid(ProviderCheck):
 
     def lookup(self, providers: Providers) -> ProviderLookup:
         return providers.bank
-
-    def problem(self, row: asyncpg.Record, record: ProviderRecord | None) -> str | None:
-        if record is not None and record.outcome == self.outcome:
-            return f"the bank paid {record.amount_minor} {record.currency} (minor units)"
-        return None

@@ -51,52 +51,36 @@ class NoRecords:
         raise RuntimeError(self.reason)
 
 
-class SimulatedCardBooks:
-    """The simulated card provider's books: the table `payment.simulated_card_charges`,
-    which services/payment/provider.py keeps as the provider's own records (outside the
-    payment service's transactions), by idempotency key (the purchase's request_id)."""
+@dataclass(frozen=True)
+class SimulatedBooks:
+    """A simulated provider's books: the table its adapter keeps as the provider's own
+    records (outside the service's transactions), looked up by the provider's key."""
 
+    table: str
+    key_column: str
     unavailable: str | None = None
 
     async def find(
         self, conn: asyncpg.Connection, keys: Sequence[str]
     ) -> dict[str, ProviderRecord]:
         rows = await conn.fetch(
-            """
-            SELECT idempotency_key, outcome, amount_minor, currency
-            FROM payment.simulated_card_charges WHERE idempotency_key = ANY($1::text[])
+            f"""
+            SELECT {self.key_column} AS key, outcome, amount_minor, currency
+            FROM {self.table} WHERE {self.key_column} = ANY($1::text[])
             """,
             list(keys),
         )
         return {
-            row["idempotency_key"]: ProviderRecord(
-                row["outcome"], row["amount_minor"], row["currency"]
-            )
+            row["key"]: ProviderRecord(row["outcome"], row["amount_minor"], row["currency"])
             for row in rows
         }
 
 
-class SimulatedBankBooks:
-    """The simulated bank's books: the table `payout.simulated_bank_transfers`, which
-    services/payout/provider.py keeps as the bank's own records (outside the payout
-    service's transactions), by payout_id."""
-
-    unavailable: str | None = None
-
-    async def find(
-        self, conn: asyncpg.Connection, keys: Sequence[str]
-    ) -> dict[str, ProviderRecord]:
-        rows = await conn.fetch(
-            """
-            SELECT payout_id, outcome, amount_minor, currency
-            FROM payout.simulated_bank_transfers WHERE payout_id = ANY($1::text[])
-            """,
-            list(keys),
-        )
-        return {
-            row["payout_id"]: ProviderRecord(row["outcome"], row["amount_minor"], row["currency"])
-            for row in rows
-        }
+SIMULATED_CARD = SimulatedBooks("payment.simulated_card_charges", "idempotency_key")
+"""The simulated card provider's charges (services/payment/provider.py), by idempotency
+key: the purchase's request_id."""
+SIMULATED_BANK = SimulatedBooks("payout.simulated_bank_transfers", "payout_id")
+"""The simulated bank's transfers (services/payout/provider.py), by payout_id."""
 
 
 @dataclass(frozen=True)
@@ -117,10 +101,10 @@ def providers(*, card: str = "simulated", bank: str = "simulated") -> Providers:
         if books not in BOOKS:
             raise ValueError(f"unknown {what} books {books!r}")
     return Providers(
-        card=SimulatedCardBooks()
+        card=SIMULATED_CARD
         if card == "simulated"
         else NoRecords("not checked: --card none (this command cannot ask the card provider)"),
-        bank=SimulatedBankBooks()
+        bank=SIMULATED_BANK
         if bank == "simulated"
         else NoRecords("not checked: --bank none (this command cannot ask the bank)"),
     )

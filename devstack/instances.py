@@ -1,7 +1,8 @@
 """Stack instances: a name, its ports and its folder `.stack/<name>/` in the repository.
 
-Two instances exist so that a stack started with `make up` (`default`) and the one the
-test suite uses (`test`) never share a port, a data folder or a pid file.
+Three instances exist so that a stack started with `make up` (`default`), the one the
+test suite uses (`test`) and the one `make chaos` breaks on purpose (`chaos`) never share
+a port, a data folder or a pid file.
 """
 
 import dataclasses
@@ -145,6 +146,7 @@ def _others_can_enter(folder: Path) -> bool:
 INSTANCES: dict[str, Instance] = {
     "default": Instance("default", 9092, 9093, 55432, 8081),
     "test": Instance("test", 19092, 19093, 55433, 18081),
+    "chaos": Instance("chaos", 29092, 29093, 55434, 28081),
 }
 
 

@@ -9,15 +9,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from services.wallet.domain import AccountKind, Unit, coin_source, diamonds_of
-from services.wallet.repository import HistoryItem
-from services.wallet.service import WalletService
+from services.wallet.reads import HistoryItem, ReadService
 from shared.http import authorize, bad_request
 from shared.money import format_diamonds
 
 MAX_PAGE = 200
 
 
-def routes(service: WalletService) -> Sequence[BaseRoute]:
+def routes(service: ReadService) -> Sequence[BaseRoute]:
     async def balance(request: Request) -> Response:
         user_id = request.path_params["user_id"]
         authorize(request, user_id)

@@ -29,8 +29,8 @@ import asyncpg
 from rich.console import Console
 from rich.table import Table
 
+from services.wallet.audit_queries import AuditQueries, Violations
 from services.wallet.domain import DIAMOND_UNITS, diamonds_of
-from services.wallet.repository import AuditQueries, Violations
 from shared.money import format_diamonds
 from shared.settings import InfraSettings
 

@@ -6,7 +6,6 @@ from datetime import datetime
 from starlette.applications import Starlette
 
 from services.wallet import api, handlers
-from services.wallet.repository import WalletRepository
 from services.wallet.service import WalletService
 from services.wallet.settings import WalletSettings
 from shared.contracts import utc_now
@@ -19,9 +18,9 @@ def create_app(
     """The wallet app; `clock` decides the spending-limit periods (tests move it)."""
     settings = settings or WalletSettings()
     kit = ServiceKit(settings)
-    service = WalletService(kit.db, WalletRepository(), clock, shards=settings.topic_partitions)
+    service = WalletService(kit.db, clock, shards=settings.topic_partitions)
     kit.include(handlers.build_router(service, kit.dead_letters, settings))
-    return kit.http_app(api.routes(service))
+    return kit.http_app(api.routes(service.reads))
 
 
 def run() -> None:

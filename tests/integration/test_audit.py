@@ -11,7 +11,6 @@ import asyncpg
 import pytest
 
 from services.wallet.main import create_app
-from services.wallet.repository import WalletRepository
 from services.wallet.service import WalletService
 from services.wallet.settings import WalletSettings
 from shared import migrations, topics
@@ -80,10 +79,10 @@ async def small_ledger(infra: Any) -> AsyncIterator[str]:
     db = Database(url, schema="wallet")
     await db.open()
     try:
-        service = WalletService(db, WalletRepository(), shards=SHARDS)
+        service = WalletService(db, shards=SHARDS)
         bought = [completed("ada", coins=350, bonus=35), completed("bob", coins=70)]
-        await service.credit_purchases(bought)
-        await service.claw_back([reversal(bought[0])])
+        await service.purchases.credit(bought)
+        await service.purchases.claw_back([reversal(bought[0])])
     finally:
         await db.close()
     yield url

@@ -25,7 +25,6 @@ from devstack import Endpoints
 from services.wallet import domain
 from services.wallet.domain import AccountKind
 from services.wallet.main import create_app
-from services.wallet.repository import WalletRepository
 from services.wallet.service import WalletService
 from services.wallet.settings import WalletSettings
 from shared import topics
@@ -107,22 +106,22 @@ class Wallets:
     plain: WalletService
 
     def service(self, db: Database) -> WalletService:
-        return WalletService(db, WalletRepository(), shards=SHARDS)
+        return WalletService(db, shards=SHARDS)
 
 
 async def purchase(wallets: Wallets, user: str) -> Act:
     event = completed(user, coins=70, bonus=7)
-    return lambda wallet: wallet.credit_purchases([event])
+    return lambda wallet: wallet.purchases.credit([event])
 
 
 async def clawback(wallets: Wallets, user: str) -> Act:
     bought = completed(user, coins=70, bonus=7)
-    await wallets.plain.credit_purchases([bought])
-    return lambda wallet: wallet.claw_back([reversal(bought)])
+    await wallets.plain.purchases.credit([bought])
+    return lambda wallet: wallet.purchases.claw_back([reversal(bought)])
 
 
 async def gift(wallets: Wallets, user: str) -> Act:
-    await wallets.plain.credit_purchases([completed(user, coins=100)])
+    await wallets.plain.purchases.credit([completed(user, coins=100)])
     request = GiftDebitRequested(
         request_id=unique("gift"),
         sender_id=user,
@@ -130,7 +129,7 @@ async def gift(wallets: Wallets, user: str) -> Act:
         coins=10,
         diamonds=Decimal(5),
     )
-    return lambda wallet: wallet.debit_gifts([request])
+    return lambda wallet: wallet.gifts.debit([request])
 
 
 def hold_request(creator: str) -> DiamondsHoldRequested:
@@ -146,13 +145,13 @@ def hold_request(creator: str) -> DiamondsHoldRequested:
 async def payout_hold(wallets: Wallets, creator: str) -> Act:
     await give_diamonds(wallets.url, creator, 10)
     request = hold_request(creator)
-    return lambda wallet: wallet.hold_diamonds([request])
+    return lambda wallet: wallet.holds.place([request])
 
 
 async def payout_post(wallets: Wallets, creator: str) -> Act:
     await give_diamonds(wallets.url, creator, 10)
     held = hold_request(creator)
-    await wallets.plain.hold_diamonds([held])
+    await wallets.plain.holds.place([held])
     paid = PayoutCompleted(
         request_id=held.request_id,
         payout_id=held.payout_id,
@@ -160,7 +159,7 @@ async def payout_post(wallets: Wallets, creator: str) -> Act:
         diamonds=10,
         amount=Money(amount_minor=5, currency="USD"),
     )
-    return lambda wallet: wallet.close_holds([paid])
+    return lambda wallet: wallet.holds.close([paid])
 
 
 CASES = [
@@ -180,7 +179,7 @@ async def wallets(database: Endpoints) -> AsyncIterator[Wallets]:
     db = Database(url, schema="wallet")
     await db.open()
     try:
-        yield Wallets(url, WalletService(db, WalletRepository(), shards=SHARDS))
+        yield Wallets(url, WalletService(db, shards=SHARDS))
     finally:
         await db.close()
 

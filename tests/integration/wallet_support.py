@@ -7,8 +7,7 @@ import asyncpg
 import httpx
 
 from services.wallet import domain
-from services.wallet.repository import WalletRepository
-from services.wallet.service import WalletService
+from services.wallet.ledger import Bookkeeper
 from shared.contracts import GiftDebitRequested, Message, PurchaseCompleted, PurchaseReversed
 from shared.db import Database
 from shared.money import Money
@@ -61,7 +60,6 @@ async def spend(database_url: str, user_id: str, coins: int) -> None:
     db = Database(database_url, schema="wallet")
     await db.open()
     try:
-        service = WalletService(db, WalletRepository(), shards=SHARDS)
         draft = domain.gift_debit(
             GiftDebitRequested(
                 request_id=unique("gift"),
@@ -72,7 +70,7 @@ async def spend(database_url: str, user_id: str, coins: int) -> None:
             )
         )
         async with db.transaction() as conn:
-            await service._post(conn, [draft])
+            await Bookkeeper(shards=SHARDS).post(conn, [draft])
     finally:
         await db.close()
 
@@ -95,7 +93,6 @@ async def give_diamonds(database_url: str, creator_id: str, diamonds: int) -> No
     db = Database(database_url, schema="wallet")
     await db.open()
     try:
-        service = WalletService(db, WalletRepository(), shards=SHARDS)
         fan = unique("fan")
         credit = domain.purchase_credit(completed(fan, coins=diamonds * 2))
         gift = domain.gift_debit(
@@ -108,6 +105,6 @@ async def give_diamonds(database_url: str, creator_id: str, diamonds: int) -> No
             )
         )
         async with db.transaction() as conn:
-            await service._post(conn, [credit, gift])
+            await Bookkeeper(shards=SHARDS).post(conn, [credit, gift])
     finally:
         await db.close()

@@ -38,8 +38,7 @@ from services.payout.domain import Payout
 from services.wallet import api as wallet_api
 from services.wallet import main as wallet_main
 from services.wallet.domain import SpendingLimits
-from services.wallet.repository import HistoryItem
-from services.wallet.service import Balance
+from services.wallet.reads import Balance, HistoryItem
 from shared.auth import AuthSettings, Principal, generate_key_pair, mint_token
 from shared.http import BearerAuth, OpenRoute, health_routes
 from shared.money import Money

@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help install up down status demo bench docs lint test test-unit test-integration test-e2e
+.PHONY: help install up down status demo bench docs lint test test-unit test-integration test-e2e chaos
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -33,6 +33,11 @@ bench: up ## purchases and gifts end to end on the running stack: throughput and
 	$(PY) -m benchmarks.recharge --count 20000 --rate 1000
 	$(PY) -m benchmarks.gifts --count 20000
 	$(PY) -m benchmarks.gifts --count 10000 --rate 500
+
+ROUNDS ?= 20
+SEED   ?= 1
+chaos: install ## seeded fault injection under load, then an outside check (ROUNDS=20 SEED=1)
+	$(PY) -m chaos --rounds $(ROUNDS) --seed $(SEED)
 
 docs: install ## regenerate docs/asyncapi.json, docs/schemas/*.json and docs/openapi.json from the code
 	$(PY) -m devstack.asyncapi

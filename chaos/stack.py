@@ -1,0 +1,184 @@
+"""The stack under fire: a database and consumer groups of the run's own, service
+replicas started and stopped, and the faults themselves.
+
+Only devstack's public helpers are used (start_service / stop_service, kafka and
+postgres); nothing here imports the services' code.
+"""
+
+import asyncio
+import dataclasses
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from devstack import kafka, postgres
+from devstack.instances import Endpoints, Instance
+from devstack.procs import stop
+from devstack.services import start_service, stop_service
+from shared import acl, db_roles, migrations
+from shared.topics import all_topics
+
+CHAOS = Instance("chaos", 29092, 29093, 55434, 28081)
+"""`python -m chaos`'s own instance: ports apart from `default` (9092, 55432, 8081…)
+and `test` (19092, 55433, 18081…), its own folder `.stack/chaos/`."""
+
+SERVICE_ENV = {"RELAY_POLL_INTERVAL_S": "0.2"}
+
+
+class Brokers(Protocol):
+    """The Kafka brokers a fault may kill: one for the local stack today, any of three
+    for a multi-node cluster later (issue #11 item 6 plugs in another implementation)."""
+
+    def names(self) -> list[str]: ...
+
+    async def kill(self, name: str) -> None: ...
+
+    async def restart(self, name: str) -> None: ...
+
+
+@dataclass
+class LocalBroker:
+    """The single KRaft node of a devstack instance."""
+
+    instance: Instance
+
+    def names(self) -> list[str]:
+        return ["kafka"]
+
+    async def kill(self, name: str) -> None:
+        await stop(self.instance.run / "kafka.pid", grace_s=10.0, kill=True)
+
+    async def restart(self, name: str) -> None:
+        await kafka.ensure_running(self.instance)
+
+
+@dataclass
+class ChaosStack:
+    """The services of one run: `replicas[service]` are the replica numbers running.
+
+    `first_replica`: replica numbers start there, so that a run inside the test
+    instance never shares a pid file or a port with the e2e suite's own services.
+    """
+
+    instance: Instance
+    endpoints: Endpoints
+    group_prefix: str
+    brokers: Brokers
+    first_replica: int = 0
+    replicas: dict[str, set[int]] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**SERVICE_ENV, "CONSUMER_GROUP_PREFIX": self.group_prefix}
+
+    def running(self) -> list[tuple[str, int]]:
+        return sorted((s, r) for s, rs in self.replicas.items() for r in rs)
+
+    def url(self, service: str) -> str:
+        """The HTTP address of a running replica of `service` (the lowest)."""
+        replica = min(self.replicas[service])
+        return f"http://127.0.0.1:{self.instance.service_port(service, replica)}"
+
+    async def start(self, service: str, replica: int | None = None) -> int:
+        """Start a replica (the next free number unless given); returns its number."""
+        taken = self.replicas.setdefault(service, set())
+        if replica is None:
+            replica = next(n for n in range(self.first_replica, 1000) if n not in taken)
+        await start_service(self.instance, service, self.endpoints, replica=replica, env=self.env)
+        taken.add(replica)
+        return replica
+
+    async def start_many(self, counts: dict[str, int]) -> None:
+        """Start `counts[service]` replicas of each service side by side."""
+        wanted = [
+            (service, self.first_replica + n)
+            for service, count in counts.items()
+            for n in range(count)
+        ]
+        await asyncio.gather(*(self.start(service, replica) for service, replica in wanted))
+
+    async def stop(self, service: str, replica: int, *, kill: bool = False) -> None:
+        await stop_service(self.instance, service, replica=replica, kill=kill)
+        self.replicas.get(service, set()).discard(replica)
+
+    async def stop_all(self) -> None:
+        for service, replica in self.running():
+            await self.stop(service, replica)
+
+
+async def prepare(instance: Instance, infra: Endpoints, *, first_replica: int = 0) -> ChaosStack:
+    """A database of the run's own (roles provisioned, every migration applied) and
+    consumer groups of its own that start at today's end of every topic."""
+    run = uuid.uuid4().hex[:8]
+    name = f"chaos_{run}"
+    conn = await asyncpg.connect(infra.database_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    parts = urlsplit(infra.database_url)
+    database_url = urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
+    endpoints = dataclasses.replace(infra, database_url=database_url)
+    if endpoints.secrets is not None and endpoints.database_roles:
+        await db_roles.provision(endpoints.database_url, endpoints.role_passwords())
+    await asyncio.to_thread(migrations.apply_all, endpoints.database)
+    prefix = f"chaos-{run}"
+    if endpoints.secured:
+        await acl.apply(endpoints.kafka(acl.OPERATOR), acl.group_acls(prefix))
+    await _start_at_the_end(endpoints, [f"{prefix}-{service}" for service in acl.SERVICES])
+    return ChaosStack(instance, endpoints, prefix, LocalBroker(instance), first_replica)
+
+
+async def drop_database(infra: Endpoints, stack: ChaosStack) -> None:
+    name = urlsplit(stack.endpoints.database_url).path.lstrip("/")
+    conn = await asyncpg.connect(infra.database_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def end_offsets(endpoints: Endpoints, topics: Iterable[str]) -> dict[TopicPartition, int]:
+    """Today's end of every partition of `topics`."""
+    options = endpoints.kafka(acl.OPERATOR).client_options()
+    producer = AIOKafkaProducer(**options)  # asks for partitions
+    reader = AIOKafkaConsumer(**options, enable_auto_commit=False)
+    await producer.start()
+    await reader.start()
+    try:
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in sorted(await producer.partitions_for(topic))
+        ]
+        return dict(await reader.end_offsets(partitions))
+    finally:
+        await reader.stop()
+        await producer.stop()
+
+
+async def _start_at_the_end(endpoints: Endpoints, group_ids: list[str]) -> None:
+    """Commit the end of every topic for new groups: no replay of earlier runs."""
+    ends = await end_offsets(endpoints, all_topics())
+    for group_id in group_ids:
+        committer = AIOKafkaConsumer(
+            **endpoints.kafka(acl.OPERATOR).client_options(),
+            group_id=group_id,
+            enable_auto_commit=False,
+        )
+        await committer.start()
+        try:
+            committer.assign(list(ends))
+            await committer.commit(ends)
+        finally:
+            await committer.stop()
+
+
+async def restart_postgres(instance: Instance, down_s: float) -> None:
+    """`pg_ctl stop -m immediate`, `down_s` down, start again (devstack's helper)."""
+    await postgres.crash_and_restart(instance, down_s=down_s)

@@ -19,7 +19,7 @@ MAX_REPLICAS = 3
 class Bounds:
     """Seconds: the pause before each fault, and how long a killed part stays down."""
 
-    gap: tuple[float, float] = (4.0, 10.0)
+    gap: tuple[float, float] = (2.0, 6.0)
     service_down: tuple[float, float] = (0.5, 5.0)
     broker_down: tuple[float, float] = (0.0, 5.0)
     postgres_down: tuple[float, float] = (0.0, 3.0)

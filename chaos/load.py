@@ -11,6 +11,7 @@ import contextlib
 import json
 import random
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -25,7 +26,10 @@ from shared import topics as t
 
 PACKAGES = (("coins_700", 999), ("coins_700", 999), ("coins_3500", 4999), ("coins_70", 99))
 CARDS = ("pm_card_ok",) * 17 + ("pm_card_declined", "pm_card_flaky", "pm_card_flaky")
-GIFTS = (("rose", 5), ("panda", 3), ("love_bang", 2), ("sun_cream", 2), ("concert", 1), ("concert", 2))
+# (gift, most at once): creators must gather the 2,000 diamonds of a payout.
+GIFTS = (("rose", 5), ("panda", 3), ("love_bang", 2), ("sun_cream", 2), ("concert", 2)) * 2 + (
+    ("im_very_rich", 1),
+)
 # creator name suffix → (verified, payout method): most are paid, one is refused by the
 # bank (its diamonds come back), one is not verified.
 CREATORS = {
@@ -66,6 +70,7 @@ class Load:
     _sends: set[asyncio.Task[None]] = field(default_factory=set)
     _charged_back: set[str] = field(default_factory=set)
     _count: int = 0
+    _recent: deque[Request] = field(default_factory=lambda: deque(maxlen=100))
 
     def creators(self) -> list[str]:
         return [f"{self.marker}{name}" for name in CREATORS]
@@ -127,6 +132,7 @@ class Load:
             time.time(),
         )
         self.requests[request.request_id] = request
+        self._recent.append(request)
         self._spawn(topic, key, request.value, request)
         return request
 
@@ -206,10 +212,9 @@ class Load:
 
     def _duplicate(self) -> Request | None:
         """The same message again, byte for byte, as a retrying app would send it."""
-        if not self.requests:
+        if not self._recent:
             return None
-        recent = list(self.requests.values())[-100:]
-        again = self.rng.choice(recent)
+        again = self.rng.choice(self._recent)
         again.copies += 1
         self.duplicates_sent += 1
         self._spawn(again.topic, again.key, again.value, None)

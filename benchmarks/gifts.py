@@ -8,7 +8,8 @@ open-loop at R gifts/s or as fast as it can. Listening to `gifting.gift-sent`,
 end, sent vs rejected, the latency from publishing a gift request to its gift-sent and to
 its creator's diamonds-credited (p50 / p95 / p99 / max), and the top 3 of one stream's
 leaderboard as a sanity check. Run: `make bench` or
-`python -m benchmarks.gifts --count 20000 --rate 500 --senders 2000 --creators 5`.
+`python -m benchmarks.gifts --count 20000 --rate 500 --senders 2000 --creators 5`;
+`--hot-creator` sends every gift to one creator (one diamonds account, one stream).
 """
 
 import argparse
@@ -260,6 +261,36 @@ def positive(text: str) -> int:
     return value
 
 
+async def measure(
+    count: int,
+    rate: float = 0,
+    *,
+    senders: int = 2_000,
+    creators: int = 5,
+    timeout_s: float = 300,
+) -> tuple[GiftRun, list[Gift], str]:
+    """Seed the senders, send `count` gifts at `rate` (0 = unpaced) and wait for every
+    outcome; the run, the gifts and the run's id."""
+    # As an upstream app of the stack `make up` runs (the environment's servers, else
+    # the local stack's `app` principal).
+    kafka = stack_endpoints(get_instance("default")).kafka(acl.APP)
+    run_id = common.run_id()
+    batch = gifts(count, senders, creators, run_id)
+    needed = purchases_needed(batch)
+    producer = common.producer(kafka)
+    await producer.start()
+    try:
+        seconds = await seed(kafka, producer, purchases(needed), timeout_s)
+        print(
+            f"seeding:          {len(needed)} senders, {sum(needed.values())} purchases of "
+            f"{PACKAGE_COINS:,} coins in {seconds:.2f} s"
+        )
+        run = await send_gifts(kafka, producer, batch, rate, timeout_s)
+    finally:
+        await producer.stop()
+    return run, batch, run_id
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=positive, default=20_000)
@@ -267,27 +298,19 @@ async def main() -> None:
     parser.add_argument("--senders", type=positive, default=2_000)
     parser.add_argument("--creators", type=positive, default=5)
     parser.add_argument(
+        "--hot-creator", action="store_true", help="every gift to one creator (--creators 1)"
+    )
+    parser.add_argument(
         "--timeout", type=float, default=300, help="s to wait for outcomes once published"
     )
     args = parser.parse_args()
-    # As an upstream app of the stack `make up` runs (the environment's servers, else
-    # the local stack's `app` principal).
-    kafka = stack_endpoints(get_instance("default")).kafka(acl.APP)
-    run_id = common.run_id()
-    batch = gifts(args.count, args.senders, args.creators, run_id)
-    needed = purchases_needed(batch)
-    producer = common.producer(kafka)
-    await producer.start()
-    try:
-        seconds = await seed(kafka, producer, purchases(needed), args.timeout)
-        print(
-            f"seeding:          {len(needed)} senders, {sum(needed.values())} purchases of "
-            f"{PACKAGE_COINS:,} coins in {seconds:.2f} s"
-        )
-        run = await send_gifts(kafka, producer, batch, args.rate, args.timeout)
-    finally:
-        await producer.stop()
+    creators = 1 if args.hot_creator else args.creators
+    run, batch, run_id = await measure(
+        args.count, args.rate, senders=args.senders, creators=creators, timeout_s=args.timeout
+    )
     report(run, args.rate)
+    if args.hot_creator:
+        print("creators:         1 (hot creator: every gift to one creator)")
     await check_leaderboard(run, batch, stream_of(run_id, 0))
 
 

@@ -3,6 +3,7 @@
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 
 from chaos.run import Settings, chaos_run, report
@@ -24,13 +25,18 @@ def _instance(name: str) -> Instance:
 
 async def main(args: argparse.Namespace) -> int:
     instance = _instance(args.instance)
+    enough = asyncio.Event()  # Ctrl-C: no further round, then drain and judge
+    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, enough.set)
     infra = await ensure_infra(instance)
     try:
         result = await chaos_run(
             instance,
             infra,
-            Settings(rounds=args.rounds, seed=args.seed, rate=args.rate),
+            Settings(
+                rounds=args.rounds, seed=args.seed, rate=args.rate, max_minutes=args.max_minutes
+            ),
             first_replica=0 if instance is CHAOS else 5,
+            enough=enough,
         )
     finally:
         if instance is CHAOS and not args.keep_infra:
@@ -47,6 +53,9 @@ def cli() -> None:
     parser.add_argument("--rounds", type=int, default=20, help="faults to inject, one a round")
     parser.add_argument("--seed", type=int, default=1, help="seeds the faults and the load")
     parser.add_argument("--rate", type=float, default=8.0, help="requests a second")
+    parser.add_argument(
+        "--max-minutes", type=float, default=None, help="no new round after this long"
+    )
     parser.add_argument(
         "--instance", default=CHAOS.name, help="chaos (its own ports, default) or test"
     )

@@ -44,6 +44,7 @@ class Settings:
     bounds: Bounds = field(default_factory=Bounds)
     replicas: dict[str, int] = field(default_factory=lambda: dict(REPLICAS))
     kinds: tuple[str, ...] | None = None  # a fixed plan instead of the seeded one
+    max_minutes: float | None = None  # no new round after this long (then drain, judge)
 
 
 @dataclass
@@ -57,10 +58,16 @@ class Result:
 
 
 async def chaos_run(
-    instance: Instance, infra: Endpoints, settings: Settings, *, first_replica: int = 0
+    instance: Instance,
+    infra: Endpoints,
+    settings: Settings,
+    *,
+    first_replica: int = 0,
+    enough: asyncio.Event | None = None,
 ) -> Result:
     """Run the rounds against `instance` (its Kafka and PostgreSQL must run), in a
-    database and consumer groups of the run's own; stop every replica it started."""
+    database and consumer groups of the run's own; stop every replica it started.
+    `enough` set (Ctrl-C): no further round; the run drains and is judged as usual."""
     began = time.monotonic()
     fault_rng = random.Random(settings.seed)
     load_rng = random.Random(settings.seed + 1)
@@ -73,7 +80,7 @@ async def chaos_run(
             load = Load(stack.endpoints, log, load_rng, settings.rate, marker)
             await load.start()
             await _creators_known(stack, load.creators())
-            result = await _rounds(stack, settings, fault_rng, log, load)
+            result = await _rounds(stack, settings, fault_rng, log, load, enough)
         result.seconds = time.monotonic() - began
         return result
     finally:
@@ -82,7 +89,12 @@ async def chaos_run(
 
 
 async def _rounds(
-    stack: ChaosStack, settings: Settings, rng: random.Random, log: OutcomeLog, load: Load
+    stack: ChaosStack,
+    settings: Settings,
+    rng: random.Random,
+    log: OutcomeLog,
+    load: Load,
+    enough: asyncio.Event | None,
 ) -> Result:
     stop = asyncio.Event()
     load_started = time.time()
@@ -92,8 +104,16 @@ async def _rounds(
     died: list[str] = []
     kinds = list(settings.kinds) if settings.kinds else plan(rng, settings.rounds)
     try:
+        deadline = (
+            None if settings.max_minutes is None else time.monotonic() + settings.max_minutes * 60
+        )
         for n, kind in enumerate(kinds, start=1):
             await asyncio.sleep(rng.uniform(*settings.bounds.gap))
+            if (enough is not None and enough.is_set()) or (
+                deadline is not None and time.monotonic() > deadline
+            ):
+                say(f"stopping after {n - 1} rounds (time budget or Ctrl-C)")
+                break
             fault = await inject(stack, rng, settings.bounds, n, kind)
             faults.append(fault)
             took = fault.restored - fault.started

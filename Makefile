@@ -28,11 +28,10 @@ status: install ## what runs, and whether it answers
 demo: up ## the whole journey on the running stack: purchases, gifts, payouts, audit
 	$(PY) -m devstack.demo
 
-bench: up ## purchases and gifts end to end on the running stack: throughput and latency (not a test)
+bench: up ## purchases end to end; gifts next to their hand-written ceiling, same run (not a test)
 	$(PY) -m benchmarks.recharge --count 20000
 	$(PY) -m benchmarks.recharge --count 20000 --rate 1000
-	$(PY) -m benchmarks.gifts --count 20000
-	$(PY) -m benchmarks.gifts --count 10000 --rate 500
+	$(PY) -m benchmarks.compare --count 10000
 
 ROUNDS ?= 20
 SEED   ?= 1

@@ -1,0 +1,138 @@
+"""Benchmark: coinstream's gift saga next to its ceiling, in one run, as one table.
+
+Runs, back to back on the running stack (`make up`), in pairs so both sides of a
+comparison see the same machine: the ceiling (`benchmarks.ceiling`, relay mode) and
+coinstream (`benchmarks.gifts`) unpaced; the ceiling in direct mode unpaced; both paced
+at half the ceiling's unpaced relay-mode throughput; both unpaced with every gift to one
+creator. Then one table (throughput end to end, request -> gift-sent p50 / p99, the
+load average seen) and the issue's targets as ratios, since machines differ:
+
+- coinstream's unpaced gifts/s >= 70% of the ceiling's (relay mode);
+- at half the ceiling's unpaced throughput, coinstream keeps up (>= 95% of the offered
+  rate end to end) with p99 request -> gift-sent within 2x the ceiling's p99;
+- coinstream's hot-creator run within 20% of its spread run.
+
+Run: `make bench` or `python -m benchmarks.compare --count 10000`.
+"""
+
+import argparse
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import uvloop
+
+from benchmarks import ceiling, common, gifts
+
+
+@dataclass(frozen=True)
+class Row:
+    run: str
+    system: str
+    offered: float
+    throughput: float
+    p50_ms: float
+    p99_ms: float
+    load: float
+
+    def cells(self) -> list[str]:
+        offered = f"{self.offered:,.0f} /s" if self.offered else "unpaced"
+        return [
+            self.run,
+            self.system,
+            offered,
+            f"{self.throughput:,.0f} /s",
+            f"{self.p50_ms:,.0f} ms",
+            f"{self.p99_ms:,.0f} ms",
+            f"{self.load:.1f}",
+        ]
+
+
+def _row(
+    run: str, system: str, offered: float, throughput: float, latencies: Iterable[float]
+) -> Row:
+    p = common.percentiles(latencies)
+    return Row(run, system, offered, throughput, p.p50, p.p99, os.getloadavg()[0])
+
+
+async def _ceiling(
+    run: str, args: argparse.Namespace, rate: float = 0, mode: str = "relay", creators: int = 5
+) -> Row:
+    result = await ceiling.measure(
+        args.count, rate, mode=mode, creators=creators, timeout_s=args.timeout
+    )
+    row = _row(run, f"ceiling ({mode})", rate, result.throughput, result.sent.latencies.values())
+    print(" | ".join(row.cells()), flush=True)
+    return row
+
+
+async def _coinstream(
+    run: str, args: argparse.Namespace, rate: float = 0, creators: int = 5
+) -> Row:
+    result, _, _ = await gifts.measure(args.count, rate, creators=creators, timeout_s=args.timeout)
+    elapsed = result.last_outcome() - result.published.first_sent
+    row = _row(run, "coinstream", rate, result.count / elapsed, result.sent.latencies.values())
+    print(" | ".join(row.cells()), flush=True)
+    return row
+
+
+def table(rows: list[Row]) -> str:
+    head = [
+        "run",
+        "system",
+        "offered",
+        "throughput",
+        "gift-sent p50",
+        "gift-sent p99",
+        "load (1 min)",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=gifts.positive, default=10_000)
+    parser.add_argument("--timeout", type=float, default=600)
+    args = parser.parse_args()
+    rows = [
+        await _ceiling("unpaced", args),
+        await _coinstream("unpaced", args),
+        await _ceiling("unpaced", args, mode="direct"),
+    ]
+    ceiling_relay, coinstream, _ = rows
+    half = round(ceiling_relay.throughput / 2)
+    rows += [
+        await _ceiling("half the ceiling", args, half),
+        await _coinstream("half the ceiling", args, half),
+        await _ceiling("hot creator", args, creators=1),
+        await _coinstream("hot creator", args, creators=1),
+    ]
+    ceiling_paced, coinstream_paced, _, coinstream_hot = rows[3:]
+    print()
+    print(table(rows))
+    print()
+    share = coinstream.throughput / ceiling_relay.throughput
+    print(
+        f"unpaced: coinstream {share:.0%} of the ceiling (target >= 70%): {verdict(share >= 0.7)}"
+    )
+    kept_up = coinstream_paced.throughput >= 0.95 * half
+    tail = coinstream_paced.p99_ms / ceiling_paced.p99_ms
+    print(
+        f"at {half:,} /s: coinstream {coinstream_paced.throughput / half:.0%} of the offered rate, "
+        f"p99 {tail:.1f}x the ceiling's (target: keeps up, <= 2x): {verdict(kept_up and tail <= 2)}"
+    )
+    hot = coinstream_hot.throughput / coinstream.throughput
+    print(
+        f"hot creator: coinstream {hot:.0%} of its spread run (target >= 80%): "
+        f"{verdict(hot >= 0.8)}"
+    )
+
+
+if __name__ == "__main__":
+    uvloop.run(main())

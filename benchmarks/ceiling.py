@@ -710,8 +710,7 @@ def report(result: CeilingRun, rate: float, mode: str) -> None:
     print(f"throughput:       {result.throughput:,.0f} gifts/s end to end")
     print(f"outcomes:         {len(result.sent)} sent, {len(result.rejected)} rejected")
     print(common.latency_line("request -> gift-sent", result.sent.latencies.values()))
-    cpu = ", ".join(f"{role} {s / result.count * 1e6:.0f} µs" for role, s in result.cpu.items())
-    print(f"CPU per gift:     {cpu}")
+    print(common.cpu_line(result.cpu, result.count))
 
 
 def positive(text: str) -> int:

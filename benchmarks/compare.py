@@ -24,6 +24,8 @@ import uvloop
 
 from benchmarks import ceiling, common, gifts
 
+_SERVICES = ("gifting", "wallet")
+
 
 @dataclass(frozen=True)
 class Row:
@@ -33,6 +35,7 @@ class Row:
     throughput: float
     p50_ms: float
     p99_ms: float
+    cpu_us: dict[str, float]  # CPU per gift of gifting and of the wallet
     load: float
 
     def cells(self) -> list[str]:
@@ -44,6 +47,7 @@ class Row:
             f"{self.throughput:,.0f} /s",
             f"{self.p50_ms:,.0f} ms",
             f"{self.p99_ms:,.0f} ms",
+            " / ".join(f"{self.cpu_us[k]:.0f}" if k in self.cpu_us else "?" for k in _SERVICES),
             f"{self.load:.1f}",
         ]
 
@@ -61,7 +65,15 @@ async def _ceiling(
     result = await ceiling.measure(
         args.count, rate, mode=mode, creators=creators, timeout_s=args.timeout
     )
-    row = _row(run, f"ceiling ({mode})", rate, result.throughput, result.sent.latencies.values())
+    row = _row(
+        run,
+        f"ceiling ({mode})",
+        rate,
+        result.throughput,
+        result.sent.latencies.values(),
+        result.cpu,
+        result.count,
+    )
     print(" | ".join(row.cells()), flush=True)
     return row
 
@@ -71,7 +83,15 @@ async def _coinstream(
 ) -> Row:
     result, _, _ = await gifts.measure(args.count, rate, creators=creators, timeout_s=args.timeout)
     elapsed = result.last_outcome() - result.published.first_sent
-    row = _row(run, "coinstream", rate, result.count / elapsed, result.sent.latencies.values())
+    row = _row(
+        run,
+        "coinstream",
+        rate,
+        result.count / elapsed,
+        result.sent.latencies.values(),
+        result.cpu,
+        result.count,
+    )
     print(" | ".join(row.cells()), flush=True)
     return row
 

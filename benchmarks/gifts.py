@@ -164,6 +164,7 @@ class GiftRun:
     sent: Outcomes = field(default_factory=Outcomes)
     rejected: dict[str, Any] = field(default_factory=dict)  # request_id -> reason
     diamonds: Outcomes = field(default_factory=Outcomes)
+    cpu: dict[str, float] = field(default_factory=dict)  # the services', while gifting
 
     def handle(self, topic: str, body: dict[str, Any], now: float) -> None:
         request_id = body.get("request_id")
@@ -227,6 +228,7 @@ def report(run: GiftRun, rate: float) -> None:
         print(f"rejection reasons: {dict(Counter(run.rejected.values()))}")
     print(common.latency_line("request -> gift-sent", run.sent.latencies.values()))
     print(common.latency_line("request -> diamonds-credited", run.diamonds.latencies.values()))
+    print(common.cpu_line(run.cpu, run.count))
 
 
 async def check_leaderboard(run: GiftRun, batch: list[Gift], stream_id: str) -> None:
@@ -273,7 +275,8 @@ async def measure(
     outcome; the run, the gifts and the run's id."""
     # As an upstream app of the stack `make up` runs (the environment's servers, else
     # the local stack's `app` principal).
-    kafka = stack_endpoints(get_instance("default")).kafka(acl.APP)
+    instance = get_instance("default")
+    kafka = stack_endpoints(instance).kafka(acl.APP)
     run_id = common.run_id()
     batch = gifts(count, senders, creators, run_id)
     needed = purchases_needed(batch)
@@ -285,7 +288,10 @@ async def measure(
             f"seeding:          {len(needed)} senders, {sum(needed.values())} purchases of "
             f"{PACKAGE_COINS:,} coins in {seconds:.2f} s"
         )
+        before = common.services_cpu(instance, "gifting", "wallet")
         run = await send_gifts(kafka, producer, batch, rate, timeout_s)
+        after = common.services_cpu(instance, "gifting", "wallet")
+        run.cpu = {name: after[name] - before[name] for name in before if name in after}
     finally:
         await producer.stop()
     return run, batch, run_id

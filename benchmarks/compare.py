@@ -53,10 +53,17 @@ class Row:
 
 
 def _row(
-    run: str, system: str, offered: float, throughput: float, latencies: Iterable[float]
+    run: str,
+    system: str,
+    offered: float,
+    throughput: float,
+    latencies: Iterable[float],
+    cpu: dict[str, float],
+    count: int,
 ) -> Row:
     p = common.percentiles(latencies)
-    return Row(run, system, offered, throughput, p.p50, p.p99, os.getloadavg()[0])
+    cpu_us = {name: seconds / count * 1e6 for name, seconds in cpu.items()}
+    return Row(run, system, offered, throughput, p.p50, p.p99, cpu_us, os.getloadavg()[0])
 
 
 async def _ceiling(

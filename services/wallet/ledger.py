@@ -153,11 +153,11 @@ class Bookkeeper:
     """Posts the use cases' drafts: locks accounts, skips what the ledger has applied,
     applies drafts in order against the locked balances and writes them."""
 
-    def __init__(self, *, shards: int, repository: LedgerRepository | None = None) -> None:
+    def __init__(self, *, shards: int) -> None:
         # The partitions of the wallet's input topics (TOPIC_PARTITIONS): a transaction
         # books the platform's side in the shard of its message's partition.
         self._shards = shards
-        self._repository = repository or LedgerRepository()
+        self._repository = LedgerRepository()
 
     def shard(self, message: Message) -> int:
         """The platform shard of the partition `message` was published to (by its key)."""

@@ -111,6 +111,7 @@ def table(rows: list[Row]) -> str:
         "throughput",
         "gift-sent p50",
         "gift-sent p99",
+        "CPU µs per gift: gifting / wallet",
         "load (1 min)",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -93,8 +93,12 @@ class Load:
             }
             await self._send(t.CREATOR_UPDATED, creator, json.dumps(body).encode(), None)
 
-    async def stop(self) -> None:
-        """Wait for every send still being retried, then close the producer."""
+    async def stop(self, *, abandon: bool = False) -> None:
+        """Wait for every send still being retried (or, `abandon`, cancel them: the run
+        failed), then close the producer."""
+        if abandon:
+            for send in self._sends:
+                send.cancel()
         if self._sends:
             await asyncio.gather(*self._sends, return_exceptions=True)
         if self._producer is not None:

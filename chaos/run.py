@@ -103,6 +103,7 @@ async def _rounds(
     faults: list[Fault] = []
     died: list[str] = []
     kinds = list(settings.kinds) if settings.kinds else plan(rng, settings.rounds)
+    failed = True
     try:
         deadline = (
             None if settings.max_minutes is None else time.monotonic() + settings.max_minutes * 60
@@ -122,10 +123,11 @@ async def _rounds(
         last = time.time()
         await asyncio.sleep(settings.settle_s)
         died += await revive_the_dead(stack)
+        failed = False
     finally:
         stop.set()
         await sending
-        await load.stop()
+        await load.stop(abandon=failed)
     load_stopped = time.time()
     sent = {r for r, req in load.requests.items() if req.acked}
     drained = await log.wait_answered(sent, settings.drain_s)

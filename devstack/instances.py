@@ -21,6 +21,8 @@ from shared.migrations import SERVICES
 REPO_ROOT: Path = Path(__file__).resolve().parent.parent
 ADMIN_ROLE = "coinstream"
 """The local stack's PostgreSQL administrator (a superuser with a password)."""
+KAFKA_NODE_COUNTS = ("1", "3")
+"""The Kafka layouts of the local stack: one node, or three (replication factor 3)."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,39 @@ class Instance:
         return Path("/var/lib/coinstream") / checkout / self.name / "postgres"
 
     @property
+    def kafka_nodes(self) -> int:
+        """How many Kafka nodes the instance runs: KAFKA_NODES when set (1 or 3), else
+        as many as its storage was formatted for, else one."""
+        wanted = os.environ.get("KAFKA_NODES")
+        if wanted:
+            if wanted not in KAFKA_NODE_COUNTS:
+                raise DevstackError(
+                    f"KAFKA_NODES={wanted!r}: the local stack runs "
+                    f"{' or '.join(KAFKA_NODE_COUNTS)} Kafka nodes"
+                )
+            return int(wanted)
+        return self.kafka_nodes_formatted or 1
+
+    @property
+    def kafka_nodes_formatted(self) -> int | None:
+        """How many nodes the instance's Kafka storage was formatted for (None: not yet)."""
+        marker = self.kafka_dir / "nodes"
+        return int(marker.read_text()) if marker.exists() else None
+
+    def kafka_node_ports(self, node: int) -> tuple[int, int]:
+        """(client port, controller port) of Kafka node `node` (1-based): node n listens
+        100·(n-1) ports above the first."""
+        step = 100 * (node - 1)
+        return self.kafka_port + step, self.kafka_controller_port + step
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        """Every node's client address, comma-separated, as Kafka clients take them."""
+        return ",".join(
+            f"127.0.0.1:{self.kafka_node_ports(node)[0]}" for node in range(1, self.kafka_nodes + 1)
+        )
+
+    @property
     def secrets(self) -> Secrets:
         """Passwords, TLS files and keys of this instance (`.stack/<name>/secrets`)."""
         return Secrets(self.root / "secrets")
@@ -122,7 +157,7 @@ class Instance:
     def local_endpoints(self) -> Endpoints:
         """The addresses of this instance's own Kafka and PostgreSQL."""
         return Endpoints(
-            kafka_bootstrap=f"127.0.0.1:{self.kafka_port}",
+            kafka_bootstrap=self.kafka_bootstrap,
             database_url=db_roles.as_role(
                 f"postgresql://127.0.0.1:{self.postgres_port}/coinstream",
                 ADMIN_ROLE,

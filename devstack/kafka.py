@@ -1,6 +1,8 @@
-"""Apache Kafka for the local stack: one KRaft node (broker and controller) run from the
-jars Maven Central publishes, so no Docker image and no tarball are needed."""
+"""Apache Kafka for the local stack: one KRaft node (broker and controller), or three
+(`KAFKA_NODES=3`: replication factor 3, `min.insync.replicas` 2), run from the jars Maven
+Central publishes, so no Docker image and no tarball are needed."""
 
+import asyncio
 import functools
 import os
 import shutil
@@ -9,16 +11,17 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from devstack.errors import DevstackError
-from devstack.instances import Instance
+from devstack.instances import KAFKA_NODE_COUNTS, Instance
 from devstack.procs import live_pid, locked, run, say, spawn, stop, wait_ready
 from devstack.secrets import KAFKA_USERS, SCRAM_MECHANISM, Secrets
 from shared import acl
-from shared.kafka_admin import kafka_answers
+from shared.kafka_admin import brokers_registered, kafka_answers
 from shared.kafka_client import KafkaClientSettings
 
 HERE = Path(__file__).resolve().parent / "kafka"
 POM = HERE / "pom.xml"
 LOG4J_CONFIG = HERE / "log4j2.properties"
+MOST_NODES = max(map(int, KAFKA_NODE_COUNTS))
 _POM_NS = {"m": "http://maven.apache.org/POM/4.0.0"}
 
 
@@ -99,8 +102,14 @@ def broker_properties(
     keystore: str,
     truststore: str,
     log_dir: str,
+    node_id: int = 1,
+    voters: list[str] | None = None,
 ) -> dict[str, str]:
-    """server.properties of a single secure node that is its own controller quorum.
+    """server.properties of a secure node that is both broker and controller.
+
+    `controller`: this node's controller address; `voters`: every node's, in node order
+    (None: this node alone is the quorum). With three nodes or more, topics and Kafka's
+    internal topics get three replicas and need two in sync to accept a write.
 
     `listeners`: client listener name → (bind address, advertised address); the first is
     also the inter-broker one. Clients authenticate with SASL SCRAM-SHA-512 over TLS (the
@@ -110,10 +119,14 @@ def broker_properties(
     grants; `broker` and `operator` are super users.
     """
     names = list(listeners)
+    quorum = voters or [controller]
+    replicas, in_sync = replication(len(quorum))
     settings = {
         "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.voters": f"1@{controller}",
+        "node.id": str(node_id),
+        "controller.quorum.voters": ",".join(
+            f"{node}@{address}" for node, address in enumerate(quorum, start=1)
+        ),
         "listeners": ",".join(
             [
                 *(f"{name}://{bind}" for name, (bind, _) in listeners.items()),
@@ -152,19 +165,28 @@ def broker_properties(
         "allow.everyone.if.no.acl.found": "false",
         "log.dirs": log_dir,
         "num.partitions": "6",
-        # One node: internal topics cannot have more than one replica.
-        "offsets.topic.replication.factor": "1",
+        # Internal topics cannot have more replicas than there are nodes.
+        "default.replication.factor": str(replicas),
+        "min.insync.replicas": str(in_sync),
+        "offsets.topic.replication.factor": str(replicas),
         "offsets.topic.num.partitions": "6",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
+        "transaction.state.log.replication.factor": str(replicas),
+        "transaction.state.log.min.isr": str(in_sync),
+        "share.coordinator.state.topic.replication.factor": str(replicas),
+        "share.coordinator.state.topic.min.isr": str(in_sync),
+        "unclean.leader.election.enable": "false",
         # A consumer group should not wait 3 s for more members in tests and demos.
         "group.initial.rebalance.delay.ms": "0",
         # Topics come from `coinstream setup` only, as in production: a typo fails loudly.
         "auto.create.topics.enable": "false",
     }
     return settings
+
+
+def replication(nodes: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) on a cluster of `nodes` nodes: three
+    replicas of which two must hold a write, or one of one on a single node."""
+    return (3, 2) if nodes >= 3 else (1, 1)
 
 
 def scram_format_args(secrets: Secrets) -> list[str]:
@@ -187,20 +209,34 @@ def write_properties(path: Path, settings: dict[str, str]) -> None:
         handle.write("".join(f"{key}={value}\n" for key, value in settings.items()))
 
 
-def _write_config(instance: Instance) -> Path:
-    """The instance's server.properties, rewritten at every start so that it always
+def node_dir(instance: Instance, node: int) -> Path:
+    """Node 1 keeps the folder a single-node stack always had; node n, `node-<n>/`."""
+    return instance.kafka_dir if node == 1 else instance.kafka_dir / f"node-{node}"
+
+
+def node_name(node: int) -> str:
+    """The node's name in logs and pid files: `kafka` for node 1, `kafka-<n>` for others."""
+    return "kafka" if node == 1 else f"kafka-{node}"
+
+
+def _write_config(instance: Instance, node: int) -> Path:
+    """Node `node`'s server.properties, rewritten at every start so that it always
     matches the instance's ports (see `broker_properties`)."""
     secrets = instance.secrets
-    listen = f"127.0.0.1:{instance.kafka_port}"
+    client, controller = instance.kafka_node_ports(node)
+    listen = f"127.0.0.1:{client}"
+    nodes = range(1, instance.kafka_nodes + 1)
     settings = broker_properties(
         broker_password=secrets.kafka_password(acl.BROKER),
         listeners={"SASL_SSL": (listen, listen)},
-        controller=f"127.0.0.1:{instance.kafka_controller_port}",
+        controller=f"127.0.0.1:{controller}",
         keystore=str(secrets.broker_pem),
         truststore=str(secrets.ca_file),
-        log_dir=str(instance.kafka_dir / "data"),
+        log_dir=str(node_dir(instance, node) / "data"),
+        node_id=node,
+        voters=[f"127.0.0.1:{instance.kafka_node_ports(n)[1]}" for n in nodes],
     )
-    path = instance.kafka_dir / "server.properties"
+    path = node_dir(instance, node) / "server.properties"
     write_properties(path, settings)
     return path
 
@@ -210,67 +246,112 @@ def _jaas(module: str, password: str, *extra: str) -> str:
     return f"org.apache.kafka.common.security.{module} required {options};"
 
 
-async def _format_storage(instance: Instance, java: list[str], config: Path) -> None:
-    """Give the node its cluster id and its SCRAM users, once; a formatted log folder
+async def _format_storage(instance: Instance, java: list[str], configs: dict[int, Path]) -> None:
+    """Give every node the cluster's id and its SCRAM users, once; a formatted log folder
     holds meta.properties. A folder formatted before the stack was secured (no SCRAM
-    users) is formatted again: its data is a developer's scratch data."""
-    data = instance.kafka_dir / "data"
+    users) is formatted again: its data is a developer's scratch data. A stack formatted
+    for another number of nodes is refused: its topics' replicas would not fit."""
+    formatted = instance.kafka_nodes_formatted
+    data = [node_dir(instance, node) / "data" for node in configs]
     secured = instance.kafka_dir / "secured"
-    if (data / "meta.properties").exists():
+    if all((folder / "meta.properties").exists() for folder in data):
+        if formatted not in (None, len(configs)):
+            raise DevstackError(_other_layout(instance, formatted))
         if secured.exists():
             return
         say("kafka: the local data predates SASL/TLS; formatting it again (its data is lost)")
-        shutil.rmtree(data)
+    elif formatted is not None and formatted != len(configs):
+        raise DevstackError(_other_layout(instance, formatted))
+    for folder in data:  # a half-formatted cluster (interrupted): start it afresh
+        shutil.rmtree(folder, ignore_errors=True)
     output = await run([*java, "kafka.tools.StorageTool", "random-uuid"], what="kafka random-uuid")
     cluster_id = output.split()[-1]
     users = scram_format_args(instance.secrets)
-    await run(
-        [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config), *users],
-        what="formatting Kafka storage",
-    )
+    for config in configs.values():
+        await run(
+            [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config),
+             *users],
+            what="formatting Kafka storage",
+        )  # fmt: skip
     secured.write_text(f"{SCRAM_MECHANISM} users: {', '.join(KAFKA_USERS)}\n")
+    (instance.kafka_dir / "nodes").write_text(f"{len(configs)}\n")
 
 
-def _pid_file(instance: Instance) -> Path:
-    return instance.run / "kafka.pid"
+def _other_layout(instance: Instance, formatted: int) -> str:
+    return (
+        f"the {instance.name!r} stack's Kafka holds data for {formatted} node(s), not "
+        f"KAFKA_NODES={instance.kafka_nodes}. Keep KAFKA_NODES={formatted}, or start afresh "
+        f"(its topics and both databases' data are lost): `python -m devstack down "
+        f"--instance {instance.name}` then `rm -rf {instance.root}`"
+    )
 
 
-def pid(instance: Instance) -> int | None:
-    """The pid of the instance's broker, if it runs."""
-    return live_pid(_pid_file(instance))
+def _pid_file(instance: Instance, node: int) -> Path:
+    return instance.run / f"{node_name(node)}.pid"
+
+
+def pid(instance: Instance, node: int = 1) -> int | None:
+    """The pid of the instance's broker (node `node` of a cluster), if it runs."""
+    return live_pid(_pid_file(instance, node))
+
+
+def nodes(instance: Instance) -> list[int]:
+    """The node ids of the instance's Kafka (1-based)."""
+    return list(range(1, instance.kafka_nodes + 1))
 
 
 async def ensure_running(instance: Instance) -> None:
-    """Start the instance's broker unless it runs, then wait until it answers."""
+    """Start each of the instance's Kafka nodes that does not run, then wait until the
+    cluster answers with every node registered."""
     kafka = instance.local_endpoints.kafka()
-    log = instance.log("kafka")
-    if pid(instance) is not None and not (instance.kafka_dir / "secured").exists():
+    if (
+        any(pid(instance, n) for n in nodes(instance))
+        and not (instance.kafka_dir / "secured").exists()
+    ):
         # A broker started before the stack was secured (plaintext): replace it.
         say("kafka: the running broker predates SASL/TLS; restarting it secured")
         await stop_broker(instance)
-    already = pid(instance) is not None
+    stopped = [node for node in nodes(instance) if pid(instance, node) is None]
     started = time.monotonic()
-    if not already:
+    if stopped:
         java = _java(await ensure_jars())
         instance.secrets.ensure_kafka()
-        config = _write_config(instance)
-        await _format_storage(instance, java, config)
-        spawn(
-            [*java, "kafka.Kafka", str(config)],
-            env=os.environ,
-            log=log,
-            pid_file=_pid_file(instance),
-            cwd=instance.kafka_dir,
-        )
+        configs = {node: _write_config(instance, node) for node in nodes(instance)}
+        await _format_storage(instance, java, configs)
+        for node in stopped:
+            spawn(
+                [*java, "kafka.Kafka", str(configs[node])],
+                env=os.environ,
+                log=instance.log(node_name(node)),
+                pid_file=_pid_file(instance, node),
+                cwd=node_dir(instance, node),
+            )
+    expected = len(nodes(instance))
     await wait_ready(
         "kafka",
-        lambda: kafka_answers(kafka, timeout_s=2.0),
-        log=log,
+        lambda: cluster_answers(kafka, nodes=expected, timeout_s=2.0),
+        log=instance.log(node_name(stopped[0] if stopped else 1)),
         timeout_s=120.0,
-        alive=lambda: pid(instance) is not None,
+        alive=lambda: all(pid(instance, node) is not None for node in stopped),
     )
     took = time.monotonic() - started
-    say(f"kafka {'already running' if already else f'ready in {took:.1f}s'} ({kafka.describe()})")
+    layout = "" if expected == 1 else f", {expected} nodes"
+    state = f"ready in {took:.1f}s" if stopped else "already running"
+    say(f"kafka {state} ({kafka.describe()}{layout})")
+
+
+async def cluster_answers(kafka: KafkaClientSettings, *, nodes: int, timeout_s: float) -> bool:
+    """True when the cluster answers and `nodes` brokers are registered (one node: as
+    `kafka_answers`)."""
+    if nodes == 1:
+        return await kafka_answers(kafka, timeout_s=timeout_s)
+    return await brokers_registered(kafka, timeout_s=timeout_s) >= nodes
+
+
+async def kill_node(instance: Instance, node: int) -> bool:
+    """SIGKILL one Kafka node (a crash); False if it was not running. `ensure_running`
+    starts it again."""
+    return await stop(_pid_file(instance, node), grace_s=0.0, kill=True)
 
 
 async def wait_external(kafka: KafkaClientSettings) -> None:
@@ -286,5 +367,9 @@ async def wait_external(kafka: KafkaClientSettings) -> None:
 
 
 async def stop_broker(instance: Instance) -> bool:
-    """Stop the instance's broker (a controlled shutdown on SIGTERM); False if none ran."""
-    return await stop(_pid_file(instance), grace_s=30.0)
+    """Stop every node of the instance's Kafka (a controlled shutdown on SIGTERM), all at
+    once; False if none ran."""
+    stopped = await asyncio.gather(
+        *(stop(_pid_file(instance, node), grace_s=30.0) for node in range(1, MOST_NODES + 1))
+    )
+    return any(stopped)

@@ -24,16 +24,21 @@ from shared.kafka_client import KafkaClientSettings
 from shared.migrations import SERVICES
 
 
-async def run_setup(endpoints: Endpoints) -> None:
+async def run_setup(endpoints: Endpoints, *, kafka_nodes: int | None = None) -> None:
     """`coinstream setup` against `endpoints`: create every topic, apply every migration.
 
     Run as a separate process, exactly as an operator runs it (it is idempotent).
+    `kafka_nodes`: the size of the stack's own Kafka, which sets the topics' replicas
+    (None: a Kafka the stack does not run; TOPIC_REPLICATION_FACTOR as the environment says).
     """
     started = time.monotonic()
+    env = infra_env(endpoints)
+    if kafka_nodes is not None:
+        env["TOPIC_REPLICATION_FACTOR"] = str(kafka.replication(kafka_nodes)[0])
     await run(
         [sys.executable, "-m", "shared.cli", "setup"],
         what="coinstream setup (topics and migrations)",
-        env=infra_env(endpoints),
+        env=env,
         cwd=REPO_ROOT,
     )
     say(f"setup (topics + migrations) done in {time.monotonic() - started:.1f}s")
@@ -83,7 +88,7 @@ async def _ensure_infra(
     if database_url is None:
         await db_roles.provision(endpoints.database_url, endpoints.role_passwords())
     if setup:
-        await run_setup(endpoints)
+        await run_setup(endpoints, kafka_nodes=instance.kafka_nodes if external is None else None)
     say(f"infra of {instance.name!r} ready in {time.monotonic() - started:.1f}s")
     return endpoints
 
@@ -137,23 +142,34 @@ async def status(instance: Instance) -> list[ComponentStatus]:
     local = instance.local_endpoints
     pids = running_services(instance)
     urls = {service: f"http://127.0.0.1:{instance.service_port(service)}" for service in SERVICES}
+    nodes = {
+        node: f"127.0.0.1:{instance.kafka_node_ports(node)[0]}" for node in kafka.nodes(instance)
+    }
+    operator = local.kafka()
     answers = await asyncio.gather(
-        kafka_answers(local.kafka(), timeout_s=2.0),
+        *(
+            kafka_answers(operator.model_copy(update={"bootstrap_servers": address}), timeout_s=2.0)
+            for address in nodes.values()
+        ),
         postgres.answers(local.database_url),
         *(http_ready(url) for url in urls.values()),
     )
     rows = [
-        ComponentStatus("kafka", local.kafka_bootstrap, kafka.pid(instance), answers[0]),
+        ComponentStatus(kafka.node_name(node), address, kafka.pid(instance, node), ok)
+        for (node, address), ok in zip(nodes.items(), answers, strict=False)
+    ]
+    rest = answers[len(nodes) :]
+    rows.append(
         ComponentStatus(
             "postgres",
             f"127.0.0.1:{instance.postgres_port}",
             postgres.server_pid(instance),
-            answers[1],
-        ),
-    ]
+            rest[0],
+        )
+    )
     rows += [
         ComponentStatus(service, url, pids.get(service), ok)
-        for (service, url), ok in zip(urls.items(), answers[2:], strict=True)
+        for (service, url), ok in zip(urls.items(), rest[1:], strict=True)
     ]
     return rows
 

@@ -11,6 +11,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from shared import kafka_admin
 from shared.auth import AuthSettings
 from shared.kafka_client import KafkaClientSettings
 
@@ -29,6 +30,22 @@ class InfraSettings(BaseSettings):
     database_url: str = Field(default=LOCAL_DATABASE_URL, repr=False)
     topic_partitions: int = Field(default=6, ge=1)
     topic_replication_factor: int = Field(default=1, ge=1)
+    # None: all replicas but one (2 of 3), see `kafka_admin.min_insync_replicas`.
+    topic_min_insync_replicas: int | None = Field(default=None, ge=1)
+    topic_retention_ms: int = Field(default=kafka_admin.RETENTION_MS, ge=-1)
+    dead_letter_retention_ms: int = Field(default=kafka_admin.DEAD_LETTER_RETENTION_MS, ge=-1)
+
+    def topic_layout(self) -> kafka_admin.TopicLayout:
+        """How `coinstream setup` creates topics (TOPIC_* and DEAD_LETTER_RETENTION_MS)."""
+        replicas = self.topic_replication_factor
+        return kafka_admin.TopicLayout(
+            partitions=self.topic_partitions,
+            replication_factor=replicas,
+            min_insync_replicas=self.topic_min_insync_replicas
+            or kafka_admin.min_insync_replicas(replicas),
+            retention_ms=self.topic_retention_ms,
+            dead_letter_retention_ms=self.dead_letter_retention_ms,
+        )
 
 
 class _OwnDatabaseUrl(PydanticBaseSettingsSource):

@@ -130,12 +130,24 @@ async def start_service(
     return ServiceProcess(service, replica, pid, port, log)
 
 
+# How long a SIGTERMed service may drain before SIGKILL: the batch in hand (15 s at most)
+# and the relay's flush (10 s), as the Helm chart's terminationGracePeriodSeconds allows.
+STOP_GRACE_S = 30.0
+
+
 async def stop_service(
-    instance: Instance, service: str, *, replica: int = 0, kill: bool = False
+    instance: Instance,
+    service: str,
+    *,
+    replica: int = 0,
+    kill: bool = False,
+    grace_s: float = STOP_GRACE_S,
 ) -> bool:
-    """Stop a service process (SIGTERM, SIGKILL after 15 s; `kill=True`: SIGKILL at once,
-    a crash). False when it was not running."""
-    return await stop(_pid_file(instance, process_name(service, replica)), grace_s=15.0, kill=kill)
+    """Stop a service process: SIGTERM, a graceful stop (it finishes the batches in hand,
+    commits, drains its outbox relay and leaves its group), SIGKILL if it has not exited
+    after `grace_s`; `kill=True`: SIGKILL at once, a crash. False when it was not running."""
+    pid_file = _pid_file(instance, process_name(service, replica))
+    return await stop(pid_file, grace_s=grace_s, kill=kill)
 
 
 def running_services(instance: Instance) -> dict[str, int]:
@@ -156,5 +168,5 @@ async def stop_all_services(instance: Instance) -> list[str]:
     """Stop every service process of the instance, replicas included; returns their names."""
     names = list(running_services(instance))
     for name in names:
-        await stop(_pid_file(instance, name), grace_s=15.0)
+        await stop(_pid_file(instance, name), grace_s=STOP_GRACE_S)
     return names

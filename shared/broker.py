@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
@@ -36,6 +36,9 @@ def make_broker(settings: ServiceSettings, registry: CollectorRegistry) -> Kafka
         middlewares=[KafkaPrometheusMiddleware(registry=registry, app_name=settings.service_name)],
         # One log line per message would drown real problems at thousands per second.
         log_level=logging.DEBUG,
+        # On stop, each consumer waits this long for the batch in hand (then it is
+        # cancelled: its transaction rolls back and its offsets stay where they were).
+        graceful_timeout=settings.shutdown_batch_timeout_s,
     )
 
 
@@ -116,6 +119,21 @@ async def _raw_records(message: Any) -> Any:
     return message.raw_message
 
 
+class GroupJoined(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Tells whether a consumer has joined its group: an assignment (even an empty one,
+    with more replicas than partitions) was handed to it at least once since it started.
+    A service is ready only once every consumer has (see `ServiceKit`)."""
+
+    def __init__(self) -> None:
+        self.joined = False
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        pass  # offsets are committed per batch, before this runs
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.joined = True
+
+
 def batch_subscription(settings: ServiceSettings) -> dict[str, Any]:
     """Keyword arguments for `subscriber(...)`: the delivery policy every service uses."""
     return {
@@ -129,7 +147,11 @@ def batch_subscription(settings: ServiceSettings) -> dict[str, Any]:
         "fetch_max_wait_ms": settings.consumer_fetch_max_wait_ms,
         # A service runs one consumer per topic in one group; when one joins, the others
         # learn of the rebalance at their next heartbeat. Frequent heartbeats make a
-        # (re)start take about a second instead of several.
-        "heartbeat_interval_ms": 300,
+        # (re)start take about a second instead of several. The session timeout is how
+        # long a replica that died without leaving keeps its partitions (6 s: the
+        # broker's default group.min.session.timeout.ms, the lowest it accepts).
+        "heartbeat_interval_ms": settings.consumer_heartbeat_interval_ms,
+        "session_timeout_ms": settings.consumer_session_timeout_ms,
+        "listener": GroupJoined(),
         "decoder": _raw_records,
     }

@@ -228,9 +228,19 @@ class OutboxRelay:
         self._turn = 0
         self._contended = False
         self._more = False
+        self._stopping = False
+        self._failed = False
 
     def kick(self) -> None:
         """Look at the outbox now (something was just committed to it)."""
+        self._wakeup.set()
+
+    def stop(self) -> None:
+        """Drain, then end `run`: publish batches until one finds nothing left to take
+        (rows in shards another relay holds are that relay's), then return. Called once
+        the consumers stopped, it publishes everything they committed; the caller bounds
+        the wait and cancels a drain that cannot finish (Kafka unreachable)."""
+        self._stopping = True
         self._wakeup.set()
 
     async def publish_batch(self) -> int:
@@ -396,11 +406,18 @@ class OutboxRelay:
                 await self._present_if_due()
                 published = await self.publish_batch()
                 await self._purge_if_due()
+                self._failed = False
             except Exception:  # the relay must outlive a broker or database outage
                 log.exception("outbox relay failed; retrying")
                 published, self._more, self._contended = 0, False, False
+                self._failed = True
             if published and self._more:
                 continue
+            if self._stopping:
+                if published:
+                    continue  # one more pass: the claim may have missed a late commit
+                if not self._failed:
+                    return
             await self._wait(self.CONTENDED_RETRY_S if self._contended else self._poll_interval_s)
 
     async def _wait(self, timeout_s: float) -> None:

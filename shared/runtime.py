@@ -7,19 +7,22 @@ and gets one ASGI app whose lifespan starts and stops everything in order.
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from types import FrameType
 from typing import Any
 
 import uvicorn
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from faststream._internal.endpoint.subscriber.utils import MultiLock
 from faststream.kafka import KafkaRouter
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
 from shared.auth import TokenVerifier
-from shared.broker import make_broker, outbox_publisher, relay_producer
+from shared.broker import GroupJoined, make_broker, outbox_publisher, relay_producer
 from shared.consumer import DeadLetters
 from shared.db import Database
 from shared.http import bearer_auth, health_routes
@@ -46,7 +49,10 @@ class ServiceKit:
             self.broker, service=settings.service_name, registry=self.registry
         )
         self._relay_metrics = RelayMetrics(self.registry)
+        self._relay: OutboxRelay | None = None
         self._relay_task: asyncio.Task[None] | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._stopping: asyncio.Task[None] | None = None
         self._background: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -65,12 +71,25 @@ class ServiceKit:
     async def _relay_running(self) -> bool:
         return self._relay_task is not None and not self._relay_task.done()
 
+    async def _consuming(self) -> bool:
+        """Every consumer has joined its group (so it fetches, or has nothing assigned)."""
+        return bool(self.broker.running) and all(j.joined for j in self._memberships())
+
+    async def _not_stopping(self) -> bool:
+        return self._stopping is None
+
+    def _memberships(self) -> list[GroupJoined]:
+        # The listener each subscriber was given by `batch_subscription` (FastStream keeps
+        # it as `_listener`; tests/unit/test_shutdown.py checks that it still does).
+        found = (getattr(sub, "_listener", None) for sub in self.broker.subscribers)
+        return [listener for listener in found if isinstance(listener, GroupJoined)]
+
     async def _connect(self, producer: AIOKafkaProducer) -> None:
         """Start the consumers and the relay's producer; a broker that cannot be reached
         or refuses the credentials stops the start-up with one clear line (never a hang:
         an orchestrator restarts the process and readiness never turns true)."""
         try:
-            await self.broker.start()
+            await self._start_consumers()
             await producer.start()
         except KafkaError as error:
             log.error(
@@ -81,11 +100,29 @@ class ServiceKit:
             )
             raise
 
+    async def _start_consumers(self) -> None:
+        """`broker.start()`, but its consumers join the group together.
+
+        FastStream starts its subscribers one after another, and aiokafka's `start`
+        returns only once the consumer has its assignment: each consumer's join was a
+        rebalance of its own, which the others took part in at their next heartbeat, a
+        chain of seven for the wallet (about 4 s of its start measured; see
+        docs/operations.md, "Stopping and restarting a service"). Started together, their
+        joins fall into one or two rebalances. The rest is what `KafkaBroker.start` does:
+        connect, start the subscribers, then the publishers."""
+        await self.broker.connect()
+        await asyncio.gather(*(sub.start() for sub in self.broker.subscribers))
+        for publisher in self.broker.publishers:
+            await publisher.start()
+        self.broker.running = True
+
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Open the pool, start consumers and the relay; stop them in reverse order."""
+        self._stopping = None
         await self.db.open()
         producer = relay_producer(self.settings)  # aiokafka wants the running loop
+        self._producer = producer
         try:
             await self._connect(producer)
             relay = OutboxRelay(
@@ -97,6 +134,7 @@ class ServiceKit:
                 batch_size=self.settings.relay_batch_size,
                 poll_interval_s=self.settings.relay_poll_interval_s,
             )
+            self._relay = relay
             if self.settings.relay_kick_after_commit:
                 # What this process commits to its outbox, its relay publishes at once.
                 self.db.after_commit = relay.kick
@@ -107,18 +145,82 @@ class ServiceKit:
             log.info("%s started", self.settings.service_name)
             yield
         finally:
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            # Consumers first, so nothing new is written while the relay drains.
-            await self.broker.stop()
-            self.db.after_commit = None
-            if self._relay_task is not None:
-                self._relay_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._relay_task
-            await producer.stop()
+            await self.stop()
             await self.db.close()
+
+    def stop(self) -> "asyncio.Task[None]":
+        """Stop gracefully (SIGTERM, or the end of `running`); idempotent, and readiness
+        answers 503 from the first call on. In order: the service's own loops end; every
+        consumer stops fetching and finishes the batch in hand (committing its offsets)
+        before any of them leaves the group, so no batch's commit meets a rebalance that
+        the others' leaving set off; the relay publishes what was committed; the
+        producer flushes and closes. The database pool stays open (`running` closes it)."""
+        if self._stopping is None:
+            self._stopping = asyncio.create_task(self._stop(), name="graceful-stop")
+        return self._stopping
+
+    async def _stop(self) -> None:
+        started = time.monotonic()
+        name = self.settings.service_name
+        log.info("%s stopping: no new batches, finishing those in hand", name)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Consumers first, so nothing new is written while the relay drains.
+        async with _took("finishing the batches in hand"):
+            await self._finish_batches()
+        async with _took("stopping the consumers (leaving the group)"):
+            await self.broker.stop()  # cancels what still runs, then leaves the group
+        self.db.after_commit = None
+        async with _took("draining the outbox relay"):
+            await self._drain_relay()
+        if self._producer is not None:
+            async with _took("closing the relay's producer"):
+                await self._producer.stop()
+        log.info("%s stopped in %.1fs", name, time.monotonic() - started)
+
+    async def _finish_batches(self) -> None:
+        """Stop every consumer's loop (`running` is what FastStream's loop and `consume`
+        check) and wait, up to the batch timeout, until no batch is in hand; a batch still
+        running then is cancelled (its transaction rolls back, its offsets stay), so that
+        FastStream's own stop does not wait for it a second time."""
+        subscribers = list(self.broker.subscribers)
+        for sub in subscribers:
+            sub.running = False
+        timeout = self.settings.shutdown_batch_timeout_s
+        locks = [(sub, sub.lock) for sub in subscribers if isinstance(sub.lock, MultiLock)]
+        await asyncio.gather(*(lock.wait_release(timeout) for _, lock in locks if lock.qsize))
+        late = [sub for sub, lock in locks if lock.qsize]
+        cancelled: list[asyncio.Task[Any]] = []
+        for sub in late:
+            log.error(
+                "%s: a batch still running after %.0fs is cancelled; it is processed again "
+                "after the restart",
+                ",".join(getattr(sub, "topic_names", ())),
+                timeout,
+            )
+            tasks: list[asyncio.Task[Any]] = getattr(sub, "tasks", [])
+            for task in tasks:
+                task.cancel()
+            cancelled += tasks
+        await asyncio.gather(*cancelled, return_exceptions=True)
+
+    async def _drain_relay(self) -> None:
+        if self._relay is None or self._relay_task is None:
+            return
+        self._relay.stop()
+        try:
+            await asyncio.wait_for(
+                asyncio.shield(self._relay_task), self.settings.shutdown_relay_timeout_s
+            )
+        except TimeoutError:
+            log.error(
+                "outbox relay did not drain within %.0fs; what is left goes out after restart",
+                self.settings.shutdown_relay_timeout_s,
+            )
+            self._relay_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._relay_task
 
     def http_app(self, routes: Sequence[BaseRoute] = ()) -> Starlette:
         """The service's ASGI app: read routes, health and metrics, lifespan = `running`.
@@ -127,7 +229,13 @@ class ServiceKit:
         key to verify tokens (JWT_PUBLIC_KEY_FILE or JWT_JWKS_URL) the service refuses to
         start."""
         tokens = TokenVerifier.from_settings(self.settings.auth)
-        checks = {"database": self.db.ping, "kafka": self._ready, "relay": self._relay_running}
+        checks = {
+            "database": self.db.ping,
+            "kafka": self._ready,
+            "consumers": self._consuming,
+            "relay": self._relay_running,
+            "running": self._not_stopping,  # false from SIGTERM on
+        }
 
         @contextlib.asynccontextmanager
         async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -135,7 +243,18 @@ class ServiceKit:
                 yield
 
         every = [*routes, *health_routes(self.registry, checks)]
-        return Starlette(routes=every, middleware=[bearer_auth(tokens, every)], lifespan=lifespan)
+        app = Starlette(routes=every, middleware=[bearer_auth(tokens, every)], lifespan=lifespan)
+        app.state.service_kit = self
+        return app
+
+
+@contextlib.asynccontextmanager
+async def _took(what: str) -> AsyncIterator[None]:
+    """Log a step of the stop that took over a second (the grace period is finite)."""
+    started = time.monotonic()
+    yield
+    if (took := time.monotonic() - started) > 1.0:
+        log.warning("stopping: %s took %.1fs", what, took)
 
 
 def configure_logging(level: str, service: str) -> None:
@@ -145,10 +264,36 @@ def configure_logging(level: str, service: str) -> None:
     )
 
 
+class _Server(uvicorn.Server):
+    """uvicorn, but SIGTERM/SIGINT first stop the service (`ServiceKit.stop`) while the
+    HTTP side still answers, so readiness says 503 during the drain; then uvicorn stops
+    as usual (the lifespan's end finds the service stopped). A second signal stops at
+    once, as plain uvicorn does."""
+
+    def __init__(self, config: uvicorn.Config, kit: ServiceKit | None) -> None:
+        super().__init__(config)
+        self._kit = kit
+        self._draining = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._kit is None or self._draining or self.should_exit:
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        kit = self._kit
+        loop = asyncio.get_event_loop()
+
+        def then_exit(_: object) -> None:
+            super(_Server, self).handle_exit(sig, frame)
+
+        # A signal handler runs between two bytecodes of the loop's thread: schedule.
+        loop.call_soon_threadsafe(lambda: kit.stop().add_done_callback(then_exit))
+
+
 def serve(app: Starlette, settings: ServiceSettings) -> None:
-    """Run the app until SIGINT/SIGTERM; uvicorn drives the lifespan (graceful stop)."""
+    """Run the app until SIGINT/SIGTERM: stop the service gracefully, then the HTTP side."""
     configure_logging(settings.log_level, settings.service_name)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.http_host,
         port=settings.http_port,
@@ -156,3 +301,5 @@ def serve(app: Starlette, settings: ServiceSettings) -> None:
         access_log=False,
         lifespan="on",
     )
+    kit = getattr(app.state, "service_kit", None)
+    _Server(config, kit if isinstance(kit, ServiceKit) else None).run()

@@ -77,6 +77,15 @@ class ServiceSettings(InfraSettings):
     consumer_batch_timeout_ms: int = Field(default=10, ge=0)
     consumer_fetch_min_bytes: int = Field(default=1, ge=1)
     consumer_fetch_max_wait_ms: int = Field(default=500, ge=0)
+    # Group membership (docs/operations.md, "Stopping and restarting a service"): a
+    # replica that dies without leaving keeps its partitions until its session times
+    # out; a live one heartbeats every interval and so learns of a rebalance within it.
+    consumer_session_timeout_ms: int = Field(default=6000, ge=1000)
+    consumer_heartbeat_interval_ms: int = Field(default=300, ge=50)
+    # SIGTERM: how long each consumer may take to finish the batch in hand (FastStream's
+    # graceful_timeout), then how long the relay may take to publish what was committed.
+    shutdown_batch_timeout_s: float = Field(default=15.0, gt=0)
+    shutdown_relay_timeout_s: float = Field(default=10.0, gt=0)
     relay_batch_size: int = Field(default=500, ge=1)
     relay_poll_interval_s: float = Field(default=0.5, gt=0)
     # After a commit that wrote to the outbox, the process's own relay publishes at once

@@ -31,6 +31,8 @@ STAND_IN_SETTINGS = SimpleNamespace(
     consumer_batch_timeout_ms=0,
     consumer_fetch_min_bytes=1,
     consumer_fetch_max_wait_ms=0,
+    consumer_heartbeat_interval_ms=300,
+    consumer_session_timeout_ms=6000,
 )
 
 

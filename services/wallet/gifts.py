@@ -80,14 +80,14 @@ class GiftDebitService:
         for request in requests:
             refusal = _refusal(request, drafts, ledger, limits, spent)
             if refusal is not None:
-                answers.append(_refused(request, refusal))
+                answers.append(_answer(request, refusal))
                 continue
             entries = ledger.apply(drafts[request.request_id])
             applied.append((drafts[request.request_id], entries))
             debited[request.sender_id] += request.coins
             if request.sender_id in limits:
                 spent[request.sender_id] = spent.get(request.sender_id, Spent()).plus(request.coins)
-            answers.append(_debited(request, entries))
+            answers.append(_answer(request, None, entries))
         await self._books.write(conn, applied, locked, ledger)
         await self._repository.add_spent(conn, day=now.date(), coins=debited)
         # Answers first: the relay publishes in order, and gifting waits for them.
@@ -170,24 +170,19 @@ def _refusal(
     )
 
 
-def _refused(request: GiftDebitRequested, reason: GiftDebitRefusal) -> GiftDebitAnswered:
+def _answer(
+    request: GiftDebitRequested, refusal: GiftDebitRefusal | None, entries: Iterable[Entry] = ()
+) -> GiftDebitAnswered:
+    """Refused with a reason, or debited (with the sender's coins after, from `entries`)."""
+    balance_after = None
+    if refusal is None:
+        _, balance_after = domain.user_total(entries, domain.coins(request.sender_id))
     return GiftDebitAnswered(
         request_id=request.request_id,
         sender_id=request.sender_id,
         creator_id=request.creator_id,
-        debited=False,
-        reason=reason,
-        coins=request.coins,
-    )
-
-
-def _debited(request: GiftDebitRequested, entries: list[Entry]) -> GiftDebitAnswered:
-    _, balance_after = domain.user_total(entries, domain.coins(request.sender_id))
-    return GiftDebitAnswered(
-        request_id=request.request_id,
-        sender_id=request.sender_id,
-        creator_id=request.creator_id,
-        debited=True,
+        debited=refusal is None,
+        reason=refusal,
         balance_after=balance_after,
         coins=request.coins,
     )

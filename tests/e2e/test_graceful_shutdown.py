@@ -31,7 +31,7 @@ from tests.support import TopicReader, eventually, purchase_request, unique
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 PURCHASES = 600
-DEAD_SESSION_MS = 15000
+DEAD_SESSION_MS = 20000
 PER_TICK = 30  # purchases published every TICK_S: about 300 a second
 TICK_S = 0.1
 

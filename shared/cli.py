@@ -20,6 +20,7 @@ from rich.text import Text
 
 from shared import acl, auth, contracts, db_roles, dead_letters, kafka_admin, migrations
 from shared.dead_letters import DeadLetter, DeadLetterError, Replayed
+from shared.journey import trace
 from shared.kafka_client import KafkaClientSettings
 from shared.reconcile.cli import reconcile
 from shared.settings import InfraSettings
@@ -31,6 +32,7 @@ dlq_app = typer.Typer(
 )
 app.add_typer(dlq_app, name="dlq")
 app.command()(reconcile)  # coinstream reconcile (shared/reconcile/)
+app.command()(trace)  # coinstream trace REQUEST_ID (shared/journey.py)
 
 
 @app.command()

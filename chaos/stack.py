@@ -28,11 +28,14 @@ from shared.topics import all_topics
 CHAOS = Instance("chaos", 29092, 29093, 55434, 28081)
 """`python -m chaos`'s own instance: ports apart from `default` (9092, 55432, 8081…)
 and `test` (19092, 55433, 18081…), its own folder `.stack/chaos/`."""
-CHAOS_TEST = Instance("chaos-test", 49092, 49093, 55436, 48081)
+CHAOS_TEST = Instance("chaos-test", 29292, 29293, 25436, 27081)
 """The short run of the test suite (`tests/e2e/test_chaos.py`). Not the `test`
 instance: after a SIGKILL its broker recovers the logs of every topic all test
 sessions made (hundreds of partitions, minutes on a busy machine); a broker of its
-own holds only the system's topics, and the other tests' Kafka is never killed."""
+own holds only the system's topics, and the other tests' Kafka is never killed.
+Every port is below Linux's ephemeral range (32768-60999): a server restarted while
+clients keep reconnecting must not find its port taken as some connection's local
+port (a broker on 39092 or 49092 failed to bind exactly so)."""
 
 SERVICE_ENV = {"RELAY_POLL_INTERVAL_S": "0.2"}
 RECOVERY_S = 480.0

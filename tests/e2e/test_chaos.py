@@ -4,8 +4,8 @@ added or removed) under the mixed load; the outside checker finds nothing lost o
 doubled, every balance equal to its model, the audit passing and the dead-letter
 topics holding exactly the malformed messages sent.
 
-It runs on an instance of its own (`chaos-test`: Kafka 49092, PostgreSQL 55436,
-services from 48081), stopped at the end: the `test` instance's broker is never killed.
+It runs on an instance of its own (`chaos-test`: Kafka 29292, PostgreSQL 25436,
+services from 27081), stopped at the end: the `test` instance's broker is never killed.
 """
 
 import pytest

@@ -4,7 +4,8 @@
 #
 # One session fixture, `infra`, picks its backend in this order:
 #   1. an external stack: COINSTREAM_TEST_KAFKA and COINSTREAM_TEST_DATABASE_URL set;
-#   2. testcontainers, when a Docker engine answers;
+#   2. testcontainers, when a Docker engine answers (found as tests/containers.py says:
+#      DOCKER_HOST, the Docker context, Docker Desktop/Colima/Podman sockets);
 #   3. else the local real stack's `test` instance (devstack: Kafka from Maven Central
 #      jars, PostgreSQL from the distribution), on ports apart from `make up`'s.
 # Topics and every service's migrations are in place before the first test runs.
@@ -13,11 +14,10 @@
 
 import asyncio
 import contextlib
-import gc
+import functools
 import os
 import socket
 import time
-import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,7 @@ import pytest
 import devstack
 from shared.kafka_admin import kafka_answers
 from shared.kafka_client import KafkaClientSettings
+from tests.containers import Backend, choose_backend, ping_engine, use_engine
 
 # The versions devstack and compose.yaml run (see docs/development.md for the pin).
 KAFKA_IMAGE = "apache/kafka:4.3.1"
@@ -69,39 +70,22 @@ def _external_stack() -> Infra | None:
     return None
 
 
-def _docker_answers() -> bool:
-    # Where the Docker SDK looks (it reads no docker contexts): skip it when neither exists.
-    if not (os.environ.get("DOCKER_HOST") or Path("/var/run/docker.sock").exists()):
-        return False
-    with warnings.catch_warnings():
-        # When no engine answers, the SDK drops its socket unclosed; that ResourceWarning
-        # is the SDK's, and `filterwarnings = error` must not turn it into our failure.
-        warnings.simplefilter("ignore", ResourceWarning)
-        answered = _ping_docker()
-        gc.collect()  # release the dropped socket while the warning is still ignored
-    return answered
+@functools.cache
+def _backend() -> Backend:
+    """The backend this session uses and why (tests/containers.py decides), once."""
+    return choose_backend(os.environ, Path.home(), ping_engine)
 
 
-def _ping_docker() -> bool:
-    try:
-        import docker  # type: ignore[import-untyped]  # comes with testcontainers
-
-        client = docker.from_env(timeout=3)
-    except Exception:  # no package, no permission, no engine: no usable Docker
-        return False
-    try:
-        return bool(client.ping())
-    except Exception:
-        return False
-    finally:
-        client.close()
+def pytest_report_header(config: pytest.Config) -> str:
+    return _backend().line()
 
 
-def _kafka_container(host_port: int) -> Any:
+def _kafka_container(host: str, host_port: int) -> Any:
     """The pinned Apache Kafka image (as in compose.yaml), single KRaft node.
 
     Kafka tells clients where to reconnect, so the host port is fixed before start and
-    advertised; testcontainers' own KafkaContainer only knows Confluent's images.
+    advertised with the address the tests reach the container at (`Backend.host`);
+    testcontainers' own KafkaContainer only knows Confluent's images.
     """
     from testcontainers.core.container import DockerContainer
 
@@ -112,7 +96,7 @@ def _kafka_container(host_port: int) -> Any:
         "KAFKA_CONTROLLER_QUORUM_VOTERS": "1@localhost:9093",
         "KAFKA_CONTROLLER_LISTENER_NAMES": "CONTROLLER",
         "KAFKA_LISTENERS": "PLAINTEXT://:9092,CONTROLLER://:9093",
-        "KAFKA_ADVERTISED_LISTENERS": f"PLAINTEXT://127.0.0.1:{host_port}",
+        "KAFKA_ADVERTISED_LISTENERS": f"PLAINTEXT://{host}:{host_port}",
         "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": "1",
         "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "1",
@@ -131,14 +115,15 @@ def _free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def _containers() -> AsyncIterator[Infra]:
+async def _containers(host: str) -> AsyncIterator[Infra]:
     from testcontainers.community.postgres import PostgresContainer
 
     with contextlib.ExitStack() as running:
         # Pulling and starting containers blocks; keep the event loop free meanwhile.
+        # The port is probed free here: on a remote engine it is only likely free there.
         port = _free_port()
-        await asyncio.to_thread(running.enter_context, _kafka_container(port))
-        bootstrap = f"127.0.0.1:{port}"
+        await asyncio.to_thread(running.enter_context, _kafka_container(host, port))
+        bootstrap = f"{host}:{port}"
         deadline = time.monotonic() + 120
         while not await kafka_answers(
             KafkaClientSettings(bootstrap_servers=bootstrap)
@@ -158,7 +143,7 @@ async def _containers() -> AsyncIterator[Infra]:
         )
         yield Infra(
             bootstrap,
-            postgres.get_connection_url(),
+            postgres.get_connection_url(host=host),
             secrets=_test_secrets(),
             kafka_settings=KafkaClientSettings(bootstrap_servers=bootstrap),
             database_roles=False,
@@ -167,14 +152,19 @@ async def _containers() -> AsyncIterator[Infra]:
 
 
 @pytest.fixture(scope="session")
-async def infra() -> AsyncIterator[Infra]:
+async def infra(pytestconfig: pytest.Config) -> AsyncIterator[Infra]:
     """Real Kafka and PostgreSQL for the session, topics and schemas set up."""
+    backend = _backend()
+    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and pytestconfig.get_verbosity() < 0:
+        reporter.write_line(backend.line())  # -q hides the header that says it otherwise
     external = _external_stack()
     if external is not None:
         await devstack.run_setup(external)
         yield external
-    elif _docker_answers():
-        async with _containers() as containers:
+    elif backend.engine is not None:
+        use_engine(backend.engine, os.environ)
+        async with _containers(backend.host) as containers:
             await devstack.run_setup(containers)
             yield containers
     else:

@@ -12,7 +12,6 @@ from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.partitioner import DefaultPartitioner
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
@@ -20,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from shared.outbox import OutboxRecord, Publish
 from shared.settings import ServiceSettings
+from shared.topics import partition_of
 
 
 def make_broker(settings: ServiceSettings, registry: CollectorRegistry) -> KafkaBroker:
@@ -69,16 +69,14 @@ def outbox_publisher(producer: AIOKafkaProducer) -> Publish:
     holds: aiokafka stamps the producer id and sequence on a batch when it drains it,
     whether `send()` or `send_batch()` filled it. A closed batch does not linger.
     """
-    partitioner = DefaultPartitioner()
 
     async def publish(records: Sequence[OutboxRecord]) -> None:
         of_topic = {t: sorted(await producer.partitions_for(t)) for t in {r.topic for r in records}}
         by_partition: dict[tuple[str, int], list[OutboxRecord]] = defaultdict(list)
         for record in records:
             partitions = of_topic[record.topic]
-            by_partition[record.topic, partitioner(record.key, partitions, partitions)].append(
-                record
-            )
+            partition = partitions[partition_of(record.key, len(partitions))]
+            by_partition[record.topic, partition].append(record)
         acked: list[Awaitable[object]] = []
         for (topic, partition), group in by_partition.items():
             acked.extend(await _send_batches(producer, topic, partition, group))

@@ -97,7 +97,7 @@ class RelayMetrics:
         )
         self.lag = Histogram(
             "coinstream_outbox_lag_seconds",
-            "Time from an event's commit to its publication",
+            "Time from commit to publication of the oldest event of each published batch",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=registry,
         )
@@ -268,8 +268,8 @@ class OutboxRelay:
         if rows:
             self._metrics.batches.inc()
             self._metrics.published.inc(len(rows))
-            for row in rows:
-                self._metrics.lag.observe(float(row["age_s"]))
+            # The batch's oldest event: one observation per batch, not per row.
+            self._metrics.lag.observe(max(float(row["age_s"]) for row in rows))
         return len(rows)
 
     async def _claim(self, conn: Connection) -> _Claim:

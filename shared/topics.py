@@ -4,7 +4,10 @@ Messages are keyed by the account they concern, so one account's events stay in 
 within a partition.
 """
 
+import functools
 from typing import Final
+
+from aiokafka.partitioner import murmur2
 
 PURCHASE_REQUESTED: Final = "payment.purchase-requested"
 PURCHASE_COMPLETED: Final = "payment.purchase-completed"
@@ -75,3 +78,15 @@ def dlq(topic: str) -> str:
 def all_topics() -> list[str]:
     """Every topic the system needs, dead-letter topics included, in a stable order."""
     return [name for topic in PUBLIC_TOPICS + INTERNAL_TOPICS for name in (topic, dlq(topic))]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives a record keyed `key` in a topic of
+    `partitions` partitions: murmur2 of the key, made positive, modulo the count (the Java
+    client's `Utils.toPositive(Utils.murmur2(key)) % n`, which aiokafka copies).
+
+    aiokafka's murmur2 is pure Python (about 5% of a service's CPU when computed for every
+    record published); the same accounts come back again and again, so it is remembered.
+    """
+    return (int(murmur2(key)) & 0x7FFFFFFF) % partitions

@@ -2,6 +2,7 @@
 
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -10,7 +11,7 @@ import httpx
 from devstack.procs import pid_alive
 from shared import topics
 from tests.e2e.conftest import Stack
-from tests.support import TopicReader, eventually, publish, purchase_request, stack_auth
+from tests.support import TopicReader, eventually, publish, purchase_request, stack_auth, unique
 
 PACKAGES = [("coins_70", 99), ("coins_350", 499), ("coins_700", 999)]
 
@@ -130,3 +131,24 @@ async def outcomes_of(
 async def balances(stack: Stack, users: Iterable[str]) -> dict[str, dict[str, Any]]:
     async with httpx.AsyncClient(base_url=stack.urls["wallet"], headers=stack_auth()) as http:
         return {user: (await http.get(f"/v1/users/{user}/balance")).json() for user in users}
+
+
+def gift(sender: str, creator: str, gift_id: str, quantity: int, stream: str) -> dict[str, Any]:
+    return {
+        "request_id": unique("gift"),
+        "sender_id": sender,
+        "creator_id": creator,
+        "gift_id": gift_id,
+        "quantity": quantity,
+        "stream_id": stream,
+        "occurred_at": "2026-11-22T14:00:00+00:00",
+    }
+
+
+async def diamonds_become(stack: Stack, expected: dict[str, Decimal]) -> bool:
+    async with httpx.AsyncClient(base_url=stack.urls["wallet"], headers=stack_auth()) as http:
+        for creator, diamonds in expected.items():
+            body = (await http.get(f"/v1/users/{creator}/balance")).json()
+            if Decimal(str(body["diamonds"])) != diamonds:
+                return False
+    return True

@@ -5,41 +5,19 @@ from collections import Counter
 from decimal import Decimal
 from typing import Any
 
-import httpx
 import pytest
 
 from shared import topics
 from shared.db_roles import READER
 from tests.e2e.conftest import Stack
-from tests.e2e.support import balances_become, buy, restart_after_crash
-from tests.support import TopicReader, eventually, publish, run_audit, stack_auth, unique
+from tests.e2e.support import balances_become, buy, diamonds_become, gift, restart_after_crash
+from tests.support import TopicReader, eventually, publish, run_audit, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 # Each sender has 70 coins and asks for 85: the first three are sent, the last refused.
 GIFTS = [("panda", 3, 15), ("love_bang", 1, 25), ("panda", 4, 20), ("love_bang", 1, 25)]
 SENT_COINS = 60
-
-
-def gift(sender: str, creator: str, gift_id: str, quantity: int, stream: str) -> dict[str, Any]:
-    return {
-        "request_id": unique("gift"),
-        "sender_id": sender,
-        "creator_id": creator,
-        "gift_id": gift_id,
-        "quantity": quantity,
-        "stream_id": stream,
-        "occurred_at": "2026-11-22T14:00:00+00:00",
-    }
-
-
-async def diamonds_become(stack: Stack, expected: dict[str, Decimal]) -> bool:
-    async with httpx.AsyncClient(base_url=stack.urls["wallet"], headers=stack_auth()) as http:
-        for creator, diamonds in expected.items():
-            body = (await http.get(f"/v1/users/{creator}/balance")).json()
-            if Decimal(str(body["diamonds"])) != diamonds:
-                return False
-    return True
 
 
 @pytest.mark.parametrize(

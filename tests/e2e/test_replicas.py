@@ -14,8 +14,7 @@ import devstack
 from shared import topics
 from shared.db_roles import READER
 from tests.e2e.conftest import Stack
-from tests.e2e.support import balances_become
-from tests.e2e.test_gift_crash import diamonds_become, gift
+from tests.e2e.support import balances_become, diamonds_become, gift
 from tests.support import TopicReader, eventually, publish, purchase_request, run_audit, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -146,7 +146,7 @@ async def _rounds(
         load.requests,
         log.outcomes,
         faults,
-        baseline=(load_started + min(3.0, settings.warmup_s / 3), first_fault),
+        baseline=(load_started + settings.warmup_s / 2, first_fault),  # warmed up
         final=(max(last, load_stopped - settings.settle_s / 2), load_stopped)
         if faults
         else (load_started, load_stopped),

@@ -156,8 +156,10 @@ async def infra(pytestconfig: pytest.Config) -> AsyncIterator[Infra]:
     """Real Kafka and PostgreSQL for the session, topics and schemas set up."""
     backend = _backend()
     reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None and pytestconfig.get_verbosity() < 0:
-        reporter.write_line(backend.line())  # -q hides the header that says it otherwise
+    capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None and pytestconfig.get_verbosity() < 0:
+        with capture.global_and_fixture_disabled():  # -q hides the header saying it
+            reporter.write_line(backend.line())
     external = _external_stack()
     if external is not None:
         await devstack.run_setup(external)

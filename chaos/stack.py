@@ -28,7 +28,7 @@ from shared.topics import all_topics
 CHAOS = Instance("chaos", 29092, 29093, 55434, 28081)
 """`python -m chaos`'s own instance: ports apart from `default` (9092, 55432, 8081…)
 and `test` (19092, 55433, 18081…), its own folder `.stack/chaos/`."""
-CHAOS_TEST = Instance("chaos-test", 29292, 29293, 25436, 27081)
+CHAOS_TEST = Instance("chaos-test", 26092, 26093, 25436, 27081)
 """The short run of the test suite (`tests/e2e/test_chaos.py`). Not the `test`
 instance: after a SIGKILL its broker recovers the logs of every topic all test
 sessions made (hundreds of partitions, minutes on a busy machine); a broker of its

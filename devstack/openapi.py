@@ -149,7 +149,9 @@ _DIAMONDS: Final = {
 }
 _WHOLE_DIAMONDS: Final = {"type": "integer", "minimum": 1}
 _USER_ACCOUNTS: Final = sorted(kind.value for kind in AccountKind if kind.user_owned)
-_COIN_SOURCES: Final = sorted({coin_source(kind) for kind in AccountKind} - {None})
+_COIN_SOURCES: Final = sorted(
+    source for source in {coin_source(kind) for kind in AccountKind} if source is not None
+)
 
 
 def _money_schema() -> dict[str, Any]:

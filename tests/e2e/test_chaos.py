@@ -4,7 +4,7 @@ added or removed) under the mixed load; the outside checker finds nothing lost o
 doubled, every balance equal to its model, the audit passing and the dead-letter
 topics holding exactly the malformed messages sent.
 
-It runs on an instance of its own (`chaos-test`: Kafka 29292, PostgreSQL 25436,
+It runs on an instance of its own (`chaos-test`: Kafka 26092, PostgreSQL 25436,
 services from 27081), stopped at the end: the `test` instance's broker is never killed.
 """
 

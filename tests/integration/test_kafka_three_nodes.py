@@ -20,8 +20,10 @@ from tests.support import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-# A stack of its own, beside `test`'s, on ports no other instance uses.
-CLUSTER = Instance("kafka3-check", 39092, 39093, 55435, 38081)
+# A stack of its own, beside `test`'s, on ports no other instance uses, all below Linux's
+# ephemeral range (32768-60999): a killed node restarted while clients reconnect must not
+# find its port taken as some connection's local port.
+CLUSTER = Instance("kafka3-check", 23092, 23093, 23432, 23081)
 TOPIC = "payment.purchase-requested"
 RECORDS = 3000
 

@@ -8,7 +8,7 @@ from devstack.instances import Instance
 from shared import kafka_admin
 from shared.settings import InfraSettings
 
-INSTANCE = Instance("layout-check", 39092, 39093, 55435, 38081)
+INSTANCE = Instance("layout-check", 23092, 23093, 23432, 23081)
 
 
 def _node(node_id: int, voters: list[str] | None) -> dict[str, str]:
@@ -56,12 +56,12 @@ def test_kafka_nodes_lists_every_node_in_the_bootstrap_servers(
     monkeypatch.setenv("KAFKA_NODES", "3")
     assert INSTANCE.kafka_nodes == 3
     assert INSTANCE.local_endpoints.kafka_bootstrap == (
-        "127.0.0.1:39092,127.0.0.1:39192,127.0.0.1:39292"
+        "127.0.0.1:23092,127.0.0.1:23192,127.0.0.1:23292"
     )
-    assert INSTANCE.kafka_node_ports(3) == (39292, 39293)
+    assert INSTANCE.kafka_node_ports(3) == (23292, 23293)
     monkeypatch.delenv("KAFKA_NODES")
     assert INSTANCE.kafka_nodes == 1  # never formatted: one node
-    assert INSTANCE.local_endpoints.kafka_bootstrap == "127.0.0.1:39092"
+    assert INSTANCE.local_endpoints.kafka_bootstrap == "127.0.0.1:23092"
 
 
 @pytest.mark.parametrize("nodes", ["2", "0", "three"])

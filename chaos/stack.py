@@ -19,10 +19,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from devstack import kafka, postgres
 from devstack.errors import DevstackError
 from devstack.instances import Endpoints, Instance
-from devstack.procs import stop, wait_ready
+from devstack.procs import wait_ready
 from devstack.services import start_service, stop_service
 from shared import acl, db_roles, migrations
-from shared.kafka_admin import kafka_answers
 from shared.topics import all_topics
 
 CHAOS = Instance("chaos", 29092, 29093, 55434, 28081)
@@ -54,32 +53,38 @@ class Brokers(Protocol):
 
 @dataclass
 class LocalBroker:
-    """The single KRaft node of a devstack instance."""
+    """The KRaft nodes of a devstack instance: one, or three with KAFKA_NODES=3 (a fault
+    then kills one of them while the other two keep every partition's in-sync replicas)."""
 
     instance: Instance
 
     def names(self) -> list[str]:
-        return ["kafka"]
+        return [kafka.node_name(node) for node in kafka.nodes(self.instance)]
+
+    def _node(self, name: str) -> int:
+        return self.names().index(name) + 1
 
     async def kill(self, name: str) -> None:
-        await stop(self.instance.run / "kafka.pid", grace_s=10.0, kill=True)
+        await kafka.kill_node(self.instance, self._node(name))
 
     async def restart(self, name: str) -> None:
         """Start it again. After a SIGKILL the broker recovers every partition's log
         first; on a busy 2-core machine that can outlast devstack's 120 s start timeout,
         so a broker still alive and recovering is given up to `RECOVERY_S` more."""
+        node = self._node(name)
         try:
             await kafka.ensure_running(self.instance)
         except DevstackError:
-            if kafka.pid(self.instance) is None:
+            if kafka.pid(self.instance, node) is None:
                 raise
             settings = self.instance.local_endpoints.kafka()
+            expected = len(kafka.nodes(self.instance))
             await wait_ready(
-                "kafka (recovering its logs)",
-                lambda: kafka_answers(settings, timeout_s=2.0),
-                log=self.instance.log("kafka"),
+                f"{name} (recovering its logs)",
+                lambda: kafka.cluster_answers(settings, nodes=expected, timeout_s=2.0),
+                log=self.instance.log(name),
                 timeout_s=RECOVERY_S,
-                alive=lambda: kafka.pid(self.instance) is not None,
+                alive=lambda: kafka.pid(self.instance, node) is not None,
             )
 
 

@@ -5,7 +5,10 @@ No engine runs here: fake home and root folders hold socket *paths* (plain files
 """
 
 import hashlib
+import http.server
 import json
+import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from tests.containers import (
     default_gateway,
     engine_candidates,
     find_engine,
+    ping_engine,
     use_engine,
 )
 
@@ -288,3 +292,32 @@ def test_use_engine_points_testcontainers_at_it() -> None:
     environ = {}
     use_engine(Engine("unix:///h/.colima/docker.sock", "Colima", "/var/run/docker.sock"), environ)
     assert environ["TESTCONTAINERS_DOCKER_SOCKET_OVERRIDE"] == "/var/run/docker.sock"
+
+
+class _FakeDockerApi(http.server.BaseHTTPRequestHandler):
+    """The two Docker API calls a ping makes: the version, then /_ping."""
+
+    def do_GET(self) -> None:
+        body = b"OK" if self.path.endswith("/_ping") else b'{"ApiVersion": "1.45"}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_ping_engine_tells_an_answering_api_from_a_silent_port() -> None:
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeDockerApi) as api:
+        serving = threading.Thread(target=api.serve_forever)
+        serving.start()
+        try:
+            assert ping_engine(f"tcp://127.0.0.1:{api.server_address[1]}") is None
+        finally:
+            api.shutdown()
+            serving.join()
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        failure = ping_engine(f"tcp://127.0.0.1:{unused.getsockname()[1]}")
+    assert failure is not None and "API version" in failure

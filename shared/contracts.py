@@ -5,7 +5,7 @@ names the field that is its Kafka key, so one account's messages stay in order.
 Parsing is strict: a wrong type is a bad message (dead-lettered), never coerced.
 """
 
-import uuid
+import os
 from datetime import UTC, datetime
 from typing import Annotated, ClassVar, Literal
 
@@ -45,8 +45,13 @@ PayoutFailureReason = Literal[
 
 
 def new_event_id() -> str:
-    """A unique id for an event a service publishes."""
-    return uuid.uuid4().hex
+    """A unique id for an event a service publishes: 128 random bits as 32 hex digits.
+
+    The contract asks for a unique opaque id, not a UUID; this is the format uuid4().hex
+    had (without its six fixed version bits) at a fraction of the CPU, which counts
+    once per published event.
+    """
+    return os.urandom(16).hex()
 
 
 def utc_now() -> datetime:

@@ -234,9 +234,10 @@ class Journey:
             first = min(unpublished, key=lambda e: e.created_at)
             return f"pending in {first.service} (outbox) since {self._age(first.created_at)}"
         purchase = by_table.get(("payment", "purchases"))
-        if purchase is not None and purchase.state == "reversed":
-            return "reversed"
-        return "completed"
+        done = "reversed" if purchase is not None and purchase.state == "reversed" else "completed"
+        if self.letters:  # e.g. a copy refused as idempotency_conflict
+            done += f" ({len(self.letters)} dead letter(s) name it too)"
+        return done
 
     def _pending(self, by_table: dict[tuple[str, str], Record]) -> tuple[str, datetime] | None:
         wallet_has = any(r.service == "wallet" for r in self.records)
@@ -582,10 +583,11 @@ def render(journey: Journey, out: Console) -> None:
             cells = (at, step.service, step.kind, step.what, step.state, step.detail)
             table.add_row(*(Text(cell) for cell in cells))
         out.print(table)
-    style = {"completed": "green", "reversed": "yellow"}.get(journey.verdict(), "red")
-    if journey.verdict().startswith("pending"):
+    verdict = journey.verdict()
+    style = "green" if verdict.startswith("completed") else "red"
+    if verdict.startswith(("pending", "reversed")):
         style = "yellow"
-    out.print(Text.assemble("verdict: ", (journey.verdict(), f"bold {style}")))
+    out.print(Text.assemble("verdict: ", (verdict, f"bold {style}")))
 
 
 def _record_steps(record: Record) -> list[Step]:

@@ -110,6 +110,8 @@ def test_only_a_dead_letter_says_dead_lettered_with_its_reason() -> None:
     journey = Journey("g", at(1), letters=[letter])
     assert journey.found
     assert journey.verdict() == "dead-lettered: bad_message"
+    done = Journey("g", at(1), records=[purchase("completed"), ledger(0.5)], letters=[letter])
+    assert done.verdict() == "completed (1 dead letter(s) name it too)"
 
 
 def test_the_timeline_is_ordered_by_time_and_the_json_is_plain() -> None:

@@ -25,7 +25,7 @@ from shared.topics import partition_of
 def make_broker(settings: ServiceSettings, registry: CollectorRegistry) -> KafkaBroker:
     """A broker whose producer is idempotent and waits for every in-sync replica."""
     return KafkaBroker(
-        settings.kafka.bootstrap_servers,
+        settings.kafka.servers,
         security=settings.kafka.faststream_security(),
         client_id=f"coinstream-{settings.service_name}",
         # Topics come from `coinstream setup`; a service's principal may not create them.

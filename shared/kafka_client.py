@@ -108,10 +108,16 @@ class KafkaClientSettings(BaseSettings):
             keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
         )
 
+    @property
+    def servers(self) -> list[str]:
+        """The bootstrap servers one by one (KAFKA_BOOTSTRAP_SERVERS is comma-separated):
+        FastStream takes a string as a single address, aiokafka splits it itself."""
+        return [server.strip() for server in self.bootstrap_servers.split(",") if server.strip()]
+
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments for any aiokafka client (producer, consumer, admin)."""
         options: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap_servers,
+            "bootstrap_servers": self.servers,
             "security_protocol": self.security_protocol,
         }
         context = self.ssl_context()

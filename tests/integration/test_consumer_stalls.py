@@ -49,7 +49,7 @@ def registry() -> CollectorRegistry:
 @pytest.fixture
 async def broker(infra: Any) -> KafkaBroker:
     kafka = infra.kafka()
-    return KafkaBroker(kafka.bootstrap_servers, security=kafka.faststream_security())
+    return KafkaBroker(kafka.servers, security=kafka.faststream_security())
 
 
 @pytest.fixture

@@ -93,7 +93,7 @@ async def topic(infra: Any) -> str:
 async def dead_letters(infra: Any) -> AsyncIterator[DeadLetters]:
     """The services' own DeadLetters, on a broker of its own."""
     kafka = infra.kafka()
-    broker = KafkaBroker(kafka.bootstrap_servers, security=kafka.faststream_security())
+    broker = KafkaBroker(kafka.servers, security=kafka.faststream_security())
     await broker.start()
     try:
         yield DeadLetters(broker, service="test", registry=CollectorRegistry())

@@ -6,6 +6,7 @@ from devstack import kafka
 from devstack.errors import DevstackError
 from devstack.instances import Instance
 from shared import kafka_admin
+from shared.kafka_client import KafkaClientSettings
 from shared.settings import InfraSettings
 
 INSTANCE = Instance("layout-check", 23092, 23093, 23432, 23081)
@@ -96,3 +97,15 @@ def test_the_layout_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
     assert layout.configs("a.dlq")["retention.ms"] == "-1"
     monkeypatch.setenv("TOPIC_MIN_INSYNC_REPLICAS", "3")
     assert InfraSettings().topic_layout().min_insync_replicas == 3
+
+
+def test_every_node_reaches_the_clients_as_an_address_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # FastStream takes a string as one address: "a:1,b:2" must arrive as two.
+    monkeypatch.setenv("KAFKA_NODES", "3")
+    kafka_settings = INSTANCE.local_endpoints.kafka()
+    nodes = ["127.0.0.1:23092", "127.0.0.1:23192", "127.0.0.1:23292"]
+    assert kafka_settings.servers == nodes
+    plaintext = KafkaClientSettings(bootstrap_servers=" a:1, b:2 ,")
+    assert plaintext.servers == plaintext.client_options()["bootstrap_servers"] == ["a:1", "b:2"]

@@ -217,7 +217,7 @@ class Journey:
         """One line: completed, failed: REASON, reversed, pending in SERVICE since N s,
         dead-lettered: REASON, or unknown request_id."""
         if not self.found:
-            return "unknown request_id"
+            return "unknown request_id" + (" (not everything was read)" if self.warnings else "")
         by_table = {(r.service, r.table): r for r in self.records}
         failed = [r for r in self.records if r.state in ("failed", "rejected")]
         if failed:
@@ -547,7 +547,8 @@ def trace(
 ) -> None:
     """Show one request's whole journey: each service's record of it (state, times), the
     events it caused, the services that consumed them, any dead letter naming it, and a
-    verdict. Exit 0 when the request_id is found, 1 when it is unknown."""
+    verdict. Exit 0 when the request_id is found, 1 when it is unknown, 2 when it was not
+    found and the databases or the dead letters could not be read."""
     settings = InfraSettings()
     journey = asyncio.run(
         trace_request(
@@ -561,7 +562,8 @@ def trace(
         print(json.dumps(journey.as_json()), flush=True)
     else:
         render(journey, Console(highlight=False))
-    raise typer.Exit(0 if journey.found else 1)
+    # 2, as `coinstream reconcile`: nothing found, but not everything could be read
+    raise typer.Exit(0 if journey.found else 2 if journey.warnings else 1)
 
 
 def render(journey: Journey, out: Console) -> None:

@@ -42,6 +42,8 @@ def ledger(created: float) -> Record:
 def test_nothing_found_is_an_unknown_request_id() -> None:
     assert Journey("r", at(0)).verdict() == "unknown request_id"
     assert not Journey("r", at(0)).found
+    unread = Journey("r", at(0), warnings=["dead letters not read: timed out"])
+    assert unread.verdict() == "unknown request_id (not everything was read)"
 
 
 def test_a_purchase_credited_by_the_wallet_is_completed() -> None:

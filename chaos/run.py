@@ -1,9 +1,7 @@
 """One chaos run: replicas up, load on, one fault per round, drain, judge."""
 
 import asyncio
-import os
 import random
-import sys
 import time
 import uuid
 from collections import Counter
@@ -24,6 +22,7 @@ from chaos.faults import Bounds, Fault, inject, plan, revive_the_dead
 from chaos.load import Load
 from chaos.observe import WATCHED, OutcomeLog
 from chaos.stack import ChaosStack, drop_database, end_offsets, prepare
+from devstack.audit import run_audit
 from devstack.instances import Endpoints, Instance
 from devstack.procs import say
 from shared import auth
@@ -152,7 +151,7 @@ async def _rounds(
         else (load_started, load_stopped),
         factor=settings.factor,
     )
-    verdict.audit_code, verdict.audit_report = await audit(stack.endpoints.database(READER))
+    verdict.audit_code, verdict.audit_report = await run_audit(stack.endpoints.database(READER))
     return Result(settings, verdict, faults, 0.0, drained, load.send_retries)
 
 
@@ -212,20 +211,6 @@ async def _settled_balances(
         ordered = sorted(accounts)
         bodies = await asyncio.gather(*(gated(account) for account in ordered))
         return dict(zip(ordered, bodies, strict=True))
-
-
-async def audit(database_url: str) -> tuple[int, str]:
-    """The ledger audit, run as an operator runs it (a process of its own)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.wallet.audit",
-        env={**os.environ, "DATABASE_URL": database_url, "COLUMNS": "200"},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    output, _ = await process.communicate()
-    return process.returncode or 0, output.decode()
 
 
 def report(result: Result) -> str:

@@ -3,8 +3,6 @@
 import asyncio
 import dataclasses
 import json
-import os
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -20,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from starlette.applications import Starlette
 
 from devstack import Endpoints, get_instance
+from devstack.audit import run_audit as run_audit  # the tests import it from here
 from shared import acl, auth, db_roles, migrations
 from shared.topics import all_topics
 
@@ -259,22 +258,6 @@ async def in_process(
         httpx.AsyncClient(transport=transport, base_url="http://svc", headers=headers) as client,
     ):
         yield client
-
-
-async def run_audit(database_url: str) -> tuple[int, str]:
-    """Run the ledger audit as an operator does (`python -m services.wallet.audit`);
-    returns its exit code and its report, printed wide enough to read one check a line."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.wallet.audit",
-        env={**os.environ, "DATABASE_URL": database_url, "COLUMNS": "240"},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    output, _ = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, output.decode()
 
 
 def purchase_request(

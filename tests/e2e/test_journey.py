@@ -11,7 +11,7 @@ import pytest
 from shared import topics
 from shared.db_roles import READER
 from tests.e2e.conftest import Stack
-from tests.e2e.support import balances, outcomes_of, register_creators
+from tests.e2e.support import balances, gift, outcomes_of, register_creators
 from tests.support import TopicReader, eventually, publish, purchase_request, run_audit, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -24,18 +24,6 @@ WATCHED = (
     topics.PAYOUT_COMPLETED,
     topics.PAYOUT_FAILED,
 )
-
-
-def gift(sender: str, creator: str, gift_id: str, quantity: int, stream: str) -> dict[str, Any]:
-    return {
-        "request_id": unique("gift"),
-        "sender_id": sender,
-        "creator_id": creator,
-        "gift_id": gift_id,
-        "quantity": quantity,
-        "stream_id": stream,
-        "occurred_at": "2026-11-22T10:00:00+00:00",
-    }
 
 
 def payout(creator: str, diamonds: int) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ValidationError
 
 from shared import topics
 from shared.errors import PermanentError
+from shared.logs import record_fields
 from shared.retry import backoff_s, until_done
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,7 @@ class _BackOff(BaseMiddleware):
                 _describe(error),
                 delay,
                 self._stalls.stuck_s(topic),
+                extra=record_fields(topic=topic),
             )
             # Sleeping here holds this consumer before the rewind and the next fetch; its
             # heartbeats go on in the background, so the group does not evict it.
@@ -217,6 +219,7 @@ class DeadLetters:
             record.partition,
             record.offset,
             reason,
+            extra=_fields_of(record),
         )
 
     async def _send_stub(
@@ -254,6 +257,7 @@ class DeadLetters:
             record.offset,
             size,
             refused,
+            extra=_fields_of(record),
         )
 
     def _about(
@@ -359,3 +363,13 @@ async def process(
 
 def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
+
+
+def _fields_of(record: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
+    """What identifies a record in a log line: its position and, if it has one, its
+    event_id header (the body may be what is wrong, so it is not read)."""
+    ids = [value for name, value in record.headers if name == "event_id"]
+    event_id = ids[0].decode(errors="replace") if ids else None
+    return record_fields(
+        event_id=event_id, topic=record.topic, partition=record.partition, offset=record.offset
+    )

@@ -26,6 +26,7 @@ from shared.broker import GroupJoined, make_broker, outbox_publisher, relay_prod
 from shared.consumer import DeadLetters
 from shared.db import Database
 from shared.http import bearer_auth, health_routes
+from shared.logs import configure_logging
 from shared.outbox import OutboxRelay, RelayMetrics
 from shared.settings import ServiceSettings
 
@@ -257,13 +258,6 @@ async def _took(what: str) -> AsyncIterator[None]:
         log.warning("stopping: %s took %.1fs", what, took)
 
 
-def configure_logging(level: str, service: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format=f"%(asctime)s %(levelname)s {service} %(name)s: %(message)s",
-    )
-
-
 class _Server(uvicorn.Server):
     """uvicorn, but SIGTERM/SIGINT first stop the service (`ServiceKit.stop`) while the
     HTTP side still answers, so readiness says 503 during the drain; then uvicorn stops
@@ -292,7 +286,7 @@ class _Server(uvicorn.Server):
 
 def serve(app: Starlette, settings: ServiceSettings) -> None:
     """Run the app until SIGINT/SIGTERM: stop the service gracefully, then the HTTP side."""
-    configure_logging(settings.log_level, settings.service_name)
+    configure_logging(settings.log_level, settings.service_name, settings.log_format)
     config = uvicorn.Config(
         app,
         host=settings.http_host,

@@ -14,6 +14,7 @@ from pydantic_settings import (
 from shared import kafka_admin
 from shared.auth import AuthSettings
 from shared.kafka_client import KafkaClientSettings
+from shared.logs import LogFormat
 
 LOCAL_DATABASE_URL: str = "postgresql://coinstream@127.0.0.1:55432/coinstream"
 
@@ -70,6 +71,8 @@ class ServiceSettings(InfraSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 0
     log_level: str = "INFO"
+    # JSON lines, or readable lines (`console`); `auto`: readable on a terminal only.
+    log_format: LogFormat = "auto"
     consumer_group_prefix: str = "coinstream"
     db_pool_min_size: int = Field(default=2, ge=1)
     db_pool_max_size: int = Field(default=10, ge=1)

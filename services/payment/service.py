@@ -43,6 +43,7 @@ from shared.contracts import (
 from shared.db import Connection, Database
 from shared.faults import crash_point
 from shared.idempotency import first_of_each, refuse_if_different
+from shared.logs import record_fields
 from shared.money import Money
 from shared.retry import drain_forever
 
@@ -219,7 +220,9 @@ class PaymentService:
             if purchase.request_id not in known:
                 self._metrics.unknown.inc()
                 log.warning(
-                    "purchase %s: charge outcome unknown, to reconcile", purchase.request_id
+                    "purchase %s: charge outcome unknown, to reconcile",
+                    purchase.request_id,
+                    extra=record_fields(request_id=purchase.request_id),
                 )
         async with self._db.transaction() as conn:
             settled = await self._settle_in(conn, known)

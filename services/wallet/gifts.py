@@ -23,6 +23,7 @@ from shared.contracts import (
 )
 from shared.db import Connection, Database
 from shared.faults import crash_point
+from shared.logs import record_fields
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,11 @@ def _gift_drafts(
         try:
             drafts[request.request_id] = domain.gift_debit(request, shard=shard(request))
         except InvalidGiftDebitError:
-            log.exception("refusing gift debit %s", request.request_id)
+            log.exception(
+                "refusing gift debit %s",
+                request.request_id,
+                extra=record_fields(request_id=request.request_id),
+            )
     return drafts
 
 

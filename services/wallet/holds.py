@@ -20,6 +20,7 @@ from shared.contracts import (
 )
 from shared.db import Connection, Database
 from shared.faults import crash_point
+from shared.logs import record_fields
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,11 @@ class PayoutHoldService:
             try:
                 draft = domain.diamond_hold(request)
             except InvalidHoldError:
-                log.exception("refusing hold %s", request.request_id)
+                log.exception(
+                    "refusing hold %s",
+                    request.request_id,
+                    extra=record_fields(request_id=request.request_id),
+                )
                 answers.append(_hold_answer(request, "invalid_request"))
                 continue
             units = request.diamonds * domain.DIAMOND_UNITS

@@ -2,6 +2,7 @@
 Kafka, PostgreSQL), not in a service's environment or command line. The services run
 with their passwords in files (KAFKA_SASL_PASSWORD_FILE, `?passfile=` database URLs)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,14 @@ async def test_no_secret_in_any_log_nor_in_a_services_environment(stack: Stack) 
         leaked = [name for name, value in values.items() if value in environ + cmdline]
         assert not leaked, f"{service}'s environment shows the secret(s) of {leaked}"
         assert "KAFKA_SASL_PASSWORD_FILE=" in environ and "passfile=" in environ
+
+
+async def test_service_logs_are_json_lines_naming_their_service(stack: Stack) -> None:
+    for service in stack.urls:
+        log = stack.instance.log(service).read_text(errors="replace").splitlines()
+        recent = [line for line in log[-20:] if line.strip()]  # this session's process
+        assert recent, service
+        for line in recent:
+            entry = json.loads(line)
+            assert entry["service"] == service, line
+            assert {"level", "logger", "timestamp", "event"} <= set(entry), line

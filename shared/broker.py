@@ -36,6 +36,10 @@ def make_broker(settings: ServiceSettings, registry: CollectorRegistry) -> Kafka
         middlewares=[KafkaPrometheusMiddleware(registry=registry, app_name=settings.service_name)],
         # One log line per message would drown real problems at thousands per second.
         log_level=logging.DEBUG,
+        # FastStream's own logger has its own coloured handler and does not propagate;
+        # a plain one sends its lines (topic, group_id, message_id as fields) through
+        # shared.logs like every other line.
+        logger=logging.getLogger("faststream"),
         # On stop, each consumer waits this long for the batch in hand (then it is
         # cancelled: its transaction rolls back and its offsets stay where they were).
         graceful_timeout=settings.shutdown_batch_timeout_s,

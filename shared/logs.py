@@ -49,6 +49,14 @@ def configure_logging(level: str, service: str, log_format: LogFormat = "auto") 
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.captureWarnings(True)  # a library's warnings become log lines too
+    for name in _OWN_HANDLERS:  # libraries that print through handlers of their own
+        library = logging.getLogger(name)
+        library.handlers.clear()
+        library.propagate = True
+
+
+_OWN_HANDLERS = ("faststream", "faststream.access.kafka")
+"""Loggers FastStream gives a coloured handler of its own and stops from propagating."""
 
 
 def record_fields(
@@ -71,11 +79,13 @@ def record_fields(
 
 
 class _Service:
-    """Adds the service's name to every line."""
+    """Adds the service's name to every line, and drops the coloured copy of the message
+    uvicorn passes along (`color_message`)."""
 
     def __init__(self, service: str) -> None:
         self._service = service
 
     def __call__(self, _: Any, __: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
         event["service"] = self._service
+        event.pop("color_message", None)
         return event

@@ -81,3 +81,13 @@ def test_level_and_format_come_from_the_environment(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("LOG_FORMAT", "xml")
     with pytest.raises(ValueError, match="log_format"):
         Settings()
+
+
+def test_faststreams_own_logger_writes_json_lines_too(capsys: pytest.CaptureFixture[str]) -> None:
+    import faststream  # noqa: F401  (its import gives the "faststream" logger a handler)
+
+    configure_logging("INFO", "wallet", "json")
+    logging.getLogger("faststream").info("Consumer assigned to partitions")
+
+    (line,) = capsys.readouterr().err.splitlines()
+    assert json.loads(line)["logger"] == "faststream"

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from starlette.applications import Starlette
 
 from devstack import Endpoints, get_instance
@@ -276,3 +277,13 @@ def purchase_request(
         "payment_method": method,
         "occurred_at": "2026-11-22T12:00:00+00:00",
     }
+
+
+async def delete_topic(infra: Endpoints, topic: str) -> None:
+    """Delete a topic a test created for itself."""
+    admin = AIOKafkaAdminClient(**infra.kafka().client_options())
+    await admin.start()
+    try:
+        await admin.delete_topics([topic])
+    finally:
+        await admin.close()

@@ -18,8 +18,6 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Literal, NamedTuple
 
-from aiokafka.partitioner import murmur2
-
 from services.wallet.errors import (
     HoldMismatchError,
     InsufficientFundsError,
@@ -43,6 +41,7 @@ from shared.contracts import (
     PurchaseReversed,
     SpendingLimitRequested,
 )
+from shared.topics import partition_of
 
 PLATFORM = "platform"
 
@@ -274,7 +273,7 @@ def shard_of(key: str, shards: int) -> int:
     rows. The shard is only where the platform's side is booked: a wrong count (or a
     producer with another partitioner) costs concurrency, never correctness.
     """
-    return (int(murmur2(key.encode())) & 0x7FFFFFFF) % shards
+    return partition_of(key.encode(), shards)
 
 
 def on_shard(account: AccountRef, shard: int) -> AccountRef:

@@ -14,6 +14,7 @@ from shared.kafka_admin import ensure_topics
 from shared.migrations import SERVICES
 from shared.topics import all_topics
 from tests.conftest import Infra
+from tests.support import delete_topic
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +27,7 @@ async def test_kafka_carries_a_message_on_a_fresh_topic(infra: Infra) -> None:
         record = await _consume_one(infra, topic)
         assert (record.key, record.value) == (b"user-1", b"hello")
     finally:
-        await _delete_topic(infra, topic)
+        await delete_topic(infra, topic)
 
 
 async def test_setup_created_every_topic(infra: Infra) -> None:
@@ -87,15 +88,6 @@ async def _consume_one(infra: Endpoints, topic: str) -> ConsumerRecord[bytes, by
         return await asyncio.wait_for(consumer.getone(), timeout=15)
     finally:
         await consumer.stop()
-
-
-async def _delete_topic(infra: Endpoints, topic: str) -> None:
-    admin = AIOKafkaAdminClient(**infra.kafka().client_options())
-    await admin.start()
-    try:
-        await admin.delete_topics([topic])
-    finally:
-        await admin.close()
 
 
 async def _infra_pids(instance: devstack.Instance) -> dict[str, int | None]:

@@ -10,6 +10,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from shared import kafka_admin
 from shared.topics import all_topics
 from tests.conftest import Infra
+from tests.support import delete_topic
 
 pytestmark = pytest.mark.integration
 
@@ -34,12 +35,7 @@ async def scratch_topic(infra: Infra) -> AsyncIterator[str]:
         infra.kafka(), partitions=1, replication_factor=1, topics=[topic]
     )
     yield topic
-    admin = AIOKafkaAdminClient(**infra.kafka().client_options())
-    await admin.start()
-    try:
-        await admin.delete_topics([topic])
-    finally:
-        await admin.close()
+    await delete_topic(infra, topic)
 
 
 async def test_drifted_configs_are_corrected_and_an_operators_own_are_kept(

@@ -1,5 +1,7 @@
 """The local stack's Kafka layouts (one node or three) and the topic configs `setup` sets."""
 
+import shutil
+
 import pytest
 
 from devstack import kafka
@@ -109,3 +111,21 @@ def test_every_node_reaches_the_clients_as_an_address_of_its_own(
     assert kafka_settings.servers == nodes
     plaintext = KafkaClientSettings(bootstrap_servers=" a:1, b:2 ,")
     assert plaintext.servers == plaintext.client_options()["bootstrap_servers"] == ["a:1", "b:2"]
+
+
+async def test_a_stack_formatted_for_one_node_refuses_three(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scratch = Instance("layout-refusal", 23092, 23093, 23432, 23081)
+    data = scratch.kafka_dir / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    try:
+        (data / "meta.properties").write_text("node.id=1\n")
+        (scratch.kafka_dir / "nodes").write_text("1\n")
+        monkeypatch.setenv("KAFKA_NODES", "3")
+        configs = {node: scratch.kafka_dir / f"{node}.properties" for node in (1, 2, 3)}
+        with pytest.raises(DevstackError, match="holds data for 1 node"):
+            await kafka._format_storage(scratch, ["java"], configs)
+        assert (data / "meta.properties").exists()  # nothing was wiped
+    finally:
+        shutil.rmtree(scratch.root, ignore_errors=True)

@@ -26,8 +26,10 @@ from shared.broker import GroupJoined, make_broker, outbox_publisher, relay_prod
 from shared.consumer import DeadLetters
 from shared.db import Database
 from shared.http import bearer_auth, health_routes
+from shared.lag import ConsumerLag, subscriber_consumers
 from shared.logs import configure_logging
 from shared.outbox import OutboxRelay, RelayMetrics
+from shared.saga_watch import Probe, SagaWatch
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -56,11 +58,28 @@ class ServiceKit:
         self._stopping: asyncio.Task[None] | None = None
         self._background: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        # Metrics that page: consumer lag on a timer (shared/lag.py).
+        self.lag = ConsumerLag(
+            self.registry,
+            lambda: subscriber_consumers(self.broker.subscribers),
+            interval_s=settings.metrics_watch_interval_s,
+        )
+        self.run_in_background("consumer-lag", self.lag.run)
 
     def run_in_background(self, name: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run `work()` while the service runs (started after the consumers, cancelled
         before them): a service's own loop, such as payout's reconciliation."""
         self._background.append((name, work))
+
+    def watch_sagas(self, probes: Sequence[Probe]) -> None:
+        """Export the service's saga states on a timer (shared/saga_watch.py)."""
+        watch = SagaWatch(
+            self.registry,
+            lambda: self.db.pool,
+            probes,
+            interval_s=self.settings.metrics_watch_interval_s,
+        )
+        self.run_in_background("saga-watch", watch.run)
 
     def include(self, *routers: KafkaRouter) -> None:
         for router in routers:

@@ -94,6 +94,11 @@ class ServiceSettings(InfraSettings):
     # After a commit that wrote to the outbox, the process's own relay publishes at once
     # (no NOTIFY on the way); false: the commit NOTIFYs and a LISTENing relay wakes.
     relay_kick_after_commit: bool = True
+    # Metrics that page (docs/operations.md, "Metrics and alerts"): how often consumer lag
+    # and saga states are read (never per record), and how long a saga step may wait for
+    # another service before it counts as stuck.
+    metrics_watch_interval_s: float = Field(default=15.0, gt=0)
+    saga_stuck_after_s: float = Field(default=60.0, gt=0)
     # JWT_PUBLIC_KEY_FILE or JWT_JWKS_URL, JWT_ISSUER, JWT_AUDIENCE: HTTP bearer tokens.
     auth: AuthSettings = Field(default_factory=AuthSettings)
 

@@ -2,7 +2,7 @@
 
 from starlette.applications import Starlette
 
-from services.gifting import api, handlers
+from services.gifting import api, handlers, watch
 from services.gifting.domain import GiftRules
 from services.gifting.repository import GiftingRepository
 from services.gifting.service import GiftingMetrics, GiftingService
@@ -16,6 +16,7 @@ def create_app(settings: GiftingSettings | None = None) -> Starlette:
     rules = GiftRules(creator_share=settings.creator_share, max_quantity=settings.max_quantity)
     service = GiftingService(kit.db, GiftingRepository(), rules, GiftingMetrics(kit.registry))
     kit.include(handlers.build_router(service, kit.dead_letters, settings))
+    kit.watch_sagas(watch.probes(stuck_after_s=settings.saga_stuck_after_s))
     return kit.http_app(api.routes(service, max_limit=settings.leaderboard_max_limit))
 
 

@@ -5,7 +5,7 @@ from collections.abc import Awaitable, Callable
 import stripe
 from starlette.applications import Starlette
 
-from services.payment import api, handlers, webhooks
+from services.payment import api, handlers, watch, webhooks
 from services.payment.provider import CardProvider, SimulatedProvider
 from services.payment.repository import PaymentRepository
 from services.payment.service import PaymentMetrics, PaymentService
@@ -38,6 +38,7 @@ def create_app(
     service = PaymentService(kit.db, PaymentRepository(), provider, settings, metrics)
     kit.include(handlers.build_router(service, kit.dead_letters, settings))
     kit.run_in_background("payment-reconciliation", service.reconcile_forever)
+    kit.watch_sagas(watch.probes())
     app = kit.http_app([*api.routes(service), *webhooks.routes(service, settings, kit.registry)])
     return close_with(app, close) if close else app
 

@@ -6,7 +6,7 @@ from datetime import datetime
 import stripe
 from starlette.applications import Starlette
 
-from services.payout import api, handlers
+from services.payout import api, handlers, watch
 from services.payout.provider import PayoutProvider, SimulatedBank
 from services.payout.repository import PayoutRepository
 from services.payout.service import PayoutMetrics, PayoutService
@@ -38,6 +38,12 @@ def create_app(
     service = PayoutService(kit.db, PayoutRepository(), bank, settings, metrics, clock)
     kit.include(handlers.build_router(service, kit.dead_letters, settings))
     kit.run_in_background("payout-reconciliation", service.reconcile_forever)
+    kit.watch_sagas(
+        watch.probes(
+            reconcile_after_s=settings.reconcile_after_s,
+            stuck_after_s=settings.saga_stuck_after_s,
+        )
+    )
     app = kit.http_app(api.routes(service))
     return close_with(app, close) if close else app
 

@@ -5,7 +5,7 @@ from datetime import datetime
 
 from starlette.applications import Starlette
 
-from services.wallet import api, handlers
+from services.wallet import api, handlers, watch
 from services.wallet.service import WalletService
 from services.wallet.settings import WalletSettings
 from shared.contracts import utc_now
@@ -20,6 +20,7 @@ def create_app(
     kit = ServiceKit(settings)
     service = WalletService(kit.db, clock, shards=settings.topic_partitions)
     kit.include(handlers.build_router(service, kit.dead_letters, settings))
+    kit.watch_sagas(watch.probes())
     return kit.http_app(api.routes(service.reads))
 
 

@@ -5,18 +5,33 @@ PY     := $(VENV)/bin/python
 
 .DEFAULT_GOAL := help
 .PHONY: help install up down status demo bench docs lint test test-unit test-integration test-e2e chaos
+.PHONY: prereqs prereqs-stack
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
 
+# What the system itself must provide (Python's venv module, Java, Maven, PostgreSQL's
+# server) is checked before anything starts, with plain sh and python3 (there may be no
+# .venv yet); missing packages are installed with apt-get where we may (root, or sudo
+# without a password), else the command to run is printed. COINSTREAM_NO_INSTALL=1:
+# never install. scripts/prereqs, devstack/prereqs.py.
+PREREQS := PYTHON=$(PYTHON) sh scripts/prereqs
+
+prereqs: ## check (and where allowed, apt-get install) what make test needs from the system
+	@$(PREREQS) test
+
+prereqs-stack:
+	@$(PREREQS) stack
+
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	@$(PREREQS) venv
+	test -x $(VENV)/bin/pip || $(PYTHON) -m venv --clear $(VENV)
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed ## create .venv with the pinned dependencies
 
-up: install ## start Kafka, PostgreSQL and the four services in the background (ready on return)
+up: prereqs-stack install ## start Kafka, PostgreSQL and the four services in the background (ready on return)
 	$(PY) -m devstack up
 
 down: install ## stop what `make up` started, and nothing else
@@ -47,7 +62,7 @@ lint: install ## ruff (lint + format) and mypy --strict
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: lint ## the whole suite against real Kafka and PostgreSQL (sets up what it needs)
+test: prereqs lint ## the whole suite against real Kafka and PostgreSQL (sets up what it needs)
 	$(PY) -m pytest
 
 test-unit: install

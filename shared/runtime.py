@@ -29,7 +29,7 @@ from shared.http import bearer_auth, health_routes
 from shared.lag import ConsumerLag, subscriber_consumers
 from shared.logs import configure_logging
 from shared.outbox import OutboxRelay, RelayMetrics
-from shared.saga_watch import Probe, SagaWatch
+from shared.saga_watch import OUTBOX_PROBES, Probe, SagaWatch
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -72,11 +72,12 @@ class ServiceKit:
         self._background.append((name, work))
 
     def watch_sagas(self, probes: Sequence[Probe]) -> None:
-        """Export the service's saga states on a timer (shared/saga_watch.py)."""
+        """Export the service's saga states and its outbox backlog on a timer
+        (shared/saga_watch.py)."""
         watch = SagaWatch(
             self.registry,
             lambda: self.db.pool,
-            probes,
+            [*OUTBOX_PROBES, *probes],
             interval_s=self.settings.metrics_watch_interval_s,
         )
         self.run_in_background("saga-watch", watch.run)

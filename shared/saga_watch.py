@@ -108,3 +108,19 @@ def older_than(column: str) -> str:
 def age_of_oldest(column: str) -> str:
     """SQL: seconds since the smallest `column` of the rows selected (NULL without rows)."""
     return f"extract(epoch FROM now() - min({column}))"
+
+
+# Every service: events committed to the outbox and not yet published (a relay that does
+# not publish), through the partial index outbox_unpublished.
+OUTBOX_PROBES: Final = (
+    Probe(
+        "coinstream_outbox_unpublished",
+        "Events committed to the outbox and not yet published to Kafka",
+        "SELECT count(*) FROM outbox WHERE published_at IS NULL",
+    ),
+    Probe(
+        "coinstream_outbox_oldest_unpublished_seconds",
+        "Age of the oldest event not yet published (0: none)",
+        f"SELECT {age_of_oldest('created_at')} FROM outbox WHERE published_at IS NULL",
+    ),
+)

@@ -8,6 +8,7 @@ promtool comes from Debian's `prometheus` package (`.ci/run` installs it); witho
 the promtool checks are skipped, saying so.
 """
 
+import json
 import re
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ import unicodedata
 from pathlib import Path
 
 import pytest
+import yaml  # type: ignore[import-untyped, unused-ignore]
 
 from services.gifting import watch as gifting_watch
 from services.payment import watch as payment_watch
@@ -165,3 +167,32 @@ def test_the_names_are_metric_names() -> None:
     names = named_metrics()
     assert "coinstream_consumer_lag" in names
     assert all(re.fullmatch(r"[a-z][a-z0-9_]*", name) for name in names), names
+
+
+def test_the_chart_ships_the_same_rules_and_dashboard_for_its_jobs(tmp_path: Path) -> None:
+    """metrics.prometheusRule / metrics.grafanaDashboard: the committed files (the chart's
+    files/ links to them), their job selector narrowed to the release's Services."""
+    kubernetes = pytest.importorskip("tests.unit.test_kubernetes")
+    out = kubernetes.template(
+        None, "metrics.prometheusRule.enabled=true", "metrics.grafanaDashboard.enabled=true"
+    )
+    assert out.returncode == 0, out.stderr
+    objects = [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+    jobs = "rel-coinstream-(payment|wallet|gifting|payout)"
+    services = [o["metadata"]["name"] for o in objects if o["kind"] == "Service"]
+    assert services and all(re.fullmatch(jobs, name) for name in services), services
+
+    [rule] = [o for o in objects if o["kind"] == "PrometheusRule"]
+    expected = yaml.safe_load(RULES.read_text().replace("coinstream.*", jobs))["groups"]
+    assert rule["spec"]["groups"] == expected
+    as_file = tmp_path / "rules.yaml"
+    as_file.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    assert "SUCCESS" in run_promtool("check", "rules", as_file)
+
+    [config] = [
+        o for o in objects if o["kind"] == "ConfigMap" and "dashboard" in o["metadata"]["name"]
+    ]
+    kubernetes.validate(config, kubernetes.KUBE_VERSIONS[0])
+    assert config["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = json.loads(config["data"]["coinstream.json"])
+    assert shipped == json.loads(DASHBOARD.read_text().replace("coinstream.*", jobs))

@@ -40,7 +40,10 @@ down: install ## stop what `make up` started, and nothing else
 status: install ## what runs, and whether it answers
 	$(PY) -m devstack status
 
-demo: up ## the whole journey on the running stack: purchases, gifts, payouts, audit
+# The services `demo` starts trace to .stack/default/logs/traces.jsonl (docs/operations.md#traces);
+# those `make up` started already run as they were.
+demo: prereqs-stack install ## the whole journey on the running stack: purchases, gifts, payouts, audit, one gift's trace
+	COINSTREAM_STACK_TRACES=1 $(PY) -m devstack up
 	$(PY) -m devstack.demo
 
 bench: up ## purchases end to end; gifts next to their hand-written ceiling, same run (not a test)

@@ -4,6 +4,10 @@ Viewers buy coins, send gifts to creators in a live stream, creators cash their
 diamonds out. Every request is published to Kafka as an upstream app would; every
 outcome and wallet event is printed as it arrives; balances (over the wallet's HTTP
 API) are shown before and after, then the stream's leaderboard and the ledger audit.
+
+One gift is sent as an app that traces sends it, with a W3C `traceparent`: its trace id
+is printed with the spans the services exported for it (when they trace, as `make demo`
+starts them: `<stack>/logs/traces.jsonl`) and the `coinstream trace` of its request.
 """
 
 import asyncio
@@ -22,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from devstack.instances import Endpoints, get_instance, stack_endpoints
+from devstack.services import traces_file
 from shared import acl, auth, topics
 from shared.db_roles import READER
 from shared.money import Money
@@ -47,6 +52,7 @@ class Step:
     topic: str
     key: str
     body: dict[str, Any]
+    traceparent: str | None = None  # sent as an app that traces sends it
 
 
 class Journey:
@@ -55,6 +61,9 @@ class Journey:
     def __init__(self, run: str) -> None:
         self.run = run
         self.stream = f"live-{run}"
+        # The gift followed at the end: its trace starts at the "app" (this demo).
+        self.trace_id = os.urandom(16).hex()
+        self.followed: Step | None = None
 
     def who(self, name: str) -> str:
         return f"{name}-{self.run}"
@@ -62,6 +71,18 @@ class Journey:
     def _step(self, what: str, topic: str, key: str, **fields: Any) -> Step:
         body = {"request_id": f"demo-{uuid.uuid4().hex[:10]}", **fields}
         return Step(what, topic, key, body | {"occurred_at": datetime.now(UTC).isoformat()})
+
+    def traced(self, step: Step) -> Step:
+        """`step` sent with a traceparent of this run's trace id; the one followed."""
+        traced = Step(
+            step.what,
+            step.topic,
+            step.key,
+            step.body,
+            f"00-{self.trace_id}-{os.urandom(8).hex()}-01",
+        )
+        self.followed = traced
+        return traced
 
     def buy(self, what: str, user: str, package: str, cents: int, card: str = "pm_card_ok") -> Step:
         return self._step(
@@ -129,8 +150,10 @@ class Journey:
             (
                 f"Gifts in live stream {self.stream} (gifting.gift-requested)",
                 [
-                    self.gift(
-                        "alice sends grace an Interstellar", "alice", "grace", "interstellar"
+                    self.traced(
+                        self.gift(
+                            "alice sends grace an Interstellar", "alice", "grace", "interstellar"
+                        )
                     ),
                     self.gift("bob sends heidi 9 Concerts", "bob", "heidi", "concert", 9),
                     self.gift("bob sends grace 3 Roses", "bob", "grace", "rose", 3),
@@ -183,8 +206,9 @@ async def run_phase(
     console.rule(title)
     for step in steps:
         console.print(f"  → {step.what}")
+        headers = [("traceparent", step.traceparent.encode())] if step.traceparent else None
         await producer.send_and_wait(
-            step.topic, json.dumps(step.body).encode(), key=step.key.encode()
+            step.topic, json.dumps(step.body).encode(), key=step.key.encode(), headers=headers
         )
     console.print("  [dim]events, as they arrive:[/]")
     outcome_topics = {t for step in steps for t in OUTCOMES[step.topic]}
@@ -264,6 +288,94 @@ async def audit() -> None:
     await process.wait()
 
 
+async def follow(journey: Journey) -> None:
+    """The followed gift: its trace id, the spans the services exported for it, and the
+    `coinstream trace` of its request, run as an operator runs it."""
+    step = journey.followed
+    assert step is not None
+    request_id = step.body["request_id"]
+    console.rule(f"One gift, followed: {step.what}")
+    console.print(f"  request_id [bold]{request_id}[/]   trace id [bold]{journey.trace_id}[/]")
+    spans = await spans_of(journey.trace_id)
+    if spans:
+        console.print(f"  [dim]its spans ({traces_file(get_instance('default'))}):[/]")
+        for depth, span in span_tree(spans):
+            took = (span["end"] - span["start"]) / 1e6
+            service = span["resource"]["attributes"].get("service.name", "?")
+            console.print(f"  {'  ' * depth}{service:<8} {span['name']}  [dim]{took:.1f} ms[/]")
+    else:
+        console.print(
+            "  [yellow]no spans: the stack's services do not trace[/] (started by `make up`; "
+            "`make down demo` starts them tracing, see docs/operations.md#traces)"
+        )
+    console.print(f"  [dim]$ coinstream trace {request_id}[/]")
+    endpoints = _endpoints()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "shared.cli",
+        "trace",
+        request_id,
+        "--dlq-timeout",
+        "10",
+        env={
+            **os.environ,
+            **endpoints.kafka(acl.OPERATOR).environment(),
+            "DATABASE_URL": endpoints.database(READER),
+            "COLUMNS": "120",
+        },
+    )
+    await process.wait()
+
+
+async def spans_of(trace_id: str, wait_s: float = 5.0) -> list[dict[str, Any]]:
+    """The spans of `trace_id` in the stack's traces file, once the last hop's are there
+    (the services export every half second)."""
+    path = traces_file(get_instance("default"))
+    deadline = time.monotonic() + wait_s
+    found: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        if path.exists():
+            found = [
+                span
+                for line in path.read_text().splitlines()
+                if trace_id in line
+                and (span := json.loads(line))["context"]["trace_id"] == f"0x{trace_id}"
+            ]
+            if any(s["name"] == f"{topics.GIFT_SENT} publish" for s in found):
+                return found
+        else:  # the services were started without the stack's traces file
+            return []
+        await asyncio.sleep(0.25)
+    return found
+
+
+def span_tree(spans: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
+    """Spans in tree order (parents first, siblings by start), each with its depth."""
+    for span in spans:
+        span["start"] = _nanos(span["start_time"])
+        span["end"] = _nanos(span["end_time"])
+    ids = {span["context"]["span_id"] for span in spans}
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for span in spans:
+        parent = span["parent_id"] if span["parent_id"] in ids else None
+        children.setdefault(parent, []).append(span)
+    ordered: list[tuple[int, dict[str, Any]]] = []
+
+    def walk(parent: str | None, depth: int) -> None:
+        for span in sorted(children.get(parent, []), key=lambda s: s["start"]):
+            ordered.append((depth, span))
+            walk(span["context"]["span_id"], depth + 1)
+
+    walk(None, 0)
+    return ordered
+
+
+def _nanos(text: str) -> int:
+    at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return int(at.timestamp() * 1e9)
+
+
 async def main() -> None:
     kafka = _endpoints().kafka(acl.APP)  # as an upstream app: requests in, outcomes out
     journey = Journey(uuid.uuid4().hex[:4])
@@ -294,6 +406,7 @@ async def main() -> None:
             await show_balances(http, journey, "Balances after")
             await show_leaderboard(http, journey)
             await audit()
+            await follow(journey)
         finally:
             await producer.stop()
             await consumer.stop()

@@ -88,6 +88,36 @@ async def http_ready(url: str) -> bool:
             return False
 
 
+# `make demo` sets it: the stack's services export their spans to its traces file.
+STACK_TRACES_VARIABLE = "COINSTREAM_STACK_TRACES"
+_OWN_TRACING = (
+    "OTEL_SDK_DISABLED",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+)
+
+
+def traces_file(instance: Instance) -> Path:
+    """Where a stack's services write their spans when it traces (JSON lines)."""
+    return instance.logs / "traces.jsonl"
+
+
+def stack_tracing(instance: Instance, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """With COINSTREAM_STACK_TRACES=1, the OTEL_* settings that make a service export its
+    spans to the stack's traces file, unless the environment configures tracing itself
+    (an OTLP endpoint, an exporter, or tracing disabled: that wins)."""
+    if environ.get(STACK_TRACES_VARIABLE, "").lower() not in ("1", "true", "yes"):
+        return {}
+    if any(environ.get(name) for name in _OWN_TRACING):
+        return {}
+    return {
+        "OTEL_TRACES_EXPORTER": "file",
+        "COINSTREAM_TRACES_FILE": str(traces_file(instance)),
+        "OTEL_BSP_SCHEDULE_DELAY": "500",
+    }
+
+
 async def start_service(
     instance: Instance,
     service: str,
@@ -114,6 +144,7 @@ async def start_service(
             **infra_env(endpoints, service),
             "HTTP_PORT": str(port),
             "PYTHONUNBUFFERED": "1",  # log lines reach the log file as they happen
+            **stack_tracing(instance),
             **(env or {}),
         }
         argv = [sys.executable, "-m", f"services.{service}"]

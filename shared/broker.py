@@ -97,7 +97,7 @@ async def _send_batches(
     acked: list[Awaitable[object]] = []
     batch = producer.create_batch()
     for record in records:
-        headers = [_JSON, ("event_id", record.event_id.encode())]
+        headers = [_JSON, ("event_id", record.event_id.encode()), *record.headers]
         if batch.append(timestamp=None, key=record.key, value=record.value, headers=headers):
             continue
         acked.append(await _send(producer, batch, topic, partition))

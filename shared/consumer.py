@@ -38,6 +38,7 @@ from shared import topics
 from shared.errors import PermanentError
 from shared.logs import record_fields
 from shared.retry import backoff_s, until_done
+from shared.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -193,9 +194,20 @@ class DeadLetters:
     a partition. Built on a service's broker, it also hooks `Stalls` into it.
     """
 
-    def __init__(self, broker: KafkaBroker, *, service: str, registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        broker: KafkaBroker,
+        *,
+        service: str,
+        registry: CollectorRegistry,
+        tracing: Tracing | None = None,
+        group: str | None = None,
+    ) -> None:
         self._broker = broker
         self._service = service
+        # The service's tracing, for `process` (its batches' spans); off by default.
+        self.tracing = tracing or Tracing.off(service)
+        self.group = group
         self._counter = Counter(
             "coinstream_dead_letters",
             "Messages sent to a dead-letter topic",
@@ -338,7 +350,29 @@ async def process(
     apply: Callable[[list[M]], Awaitable[object]],
     dead_letters: "DeadLetters",
 ) -> None:
-    """Apply a batch in one call; retry transient failures; isolate permanent ones."""
+    """Apply a batch in one call; retry transient failures; isolate permanent ones.
+
+    With tracing on, each record gets its spans (shared/tracing.py), and what the batch
+    writes to the outbox carries the context of the record that caused it."""
+    if not deliveries:
+        return
+    tracing = dead_letters.tracing
+    if not tracing.enabled:
+        await _process(deliveries, apply, dead_letters)
+        return
+    with tracing.handling(
+        [d.record for d in deliveries],
+        [getattr(d.message, "request_id", None) for d in deliveries],
+        group=dead_letters.group,
+    ):
+        await _process(deliveries, apply, dead_letters)
+
+
+async def _process(
+    deliveries: Sequence[Delivery[M]],
+    apply: Callable[[list[M]], Awaitable[object]],
+    dead_letters: "DeadLetters",
+) -> None:
     if not deliveries:
         return
     records = [d.record for d in deliveries]
@@ -357,8 +391,8 @@ async def process(
             return
         # Halves in order: the messages around the one at fault keep their sequence.
         middle = len(deliveries) // 2
-        await process(deliveries[:middle], apply, dead_letters)
-        await process(deliveries[middle:], apply, dead_letters)
+        await _process(deliveries[:middle], apply, dead_letters)
+        await _process(deliveries[middle:], apply, dead_letters)
 
 
 def _describe(error: BaseException) -> str:

@@ -26,6 +26,7 @@ from shared.contracts import Event, Message
 from shared.db import Connection, call_after_commit
 from shared.faults import crash_point
 from shared.retry import backoff_s
+from shared.tracing import Tracing, outbox_headers, stored_headers
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ class OutboxRecord(NamedTuple):
     key: bytes
     value: bytes
     event_id: str  # the record's `event_id` header, which consumers deduplicate by
+    # More headers, stored with the row (kit-0003): the trace context of its cause.
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 Publish = Callable[[Sequence[OutboxRecord]], Awaitable[None]]
@@ -74,20 +77,36 @@ async def _add(conn: Connection, messages: Sequence[tuple[Message, str]]) -> Non
     # of every replica of every service. Otherwise one NOTIFY per transaction, in one
     # statement with the insert (one round trip less).
     notify = not call_after_commit()
-    await conn.execute(
-        """
-        WITH added AS (
-            INSERT INTO outbox (topic, key, event_id, payload)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[])
-        )
-        SELECT pg_notify(current_schema() || '_outbox', '') WHERE $5
-        """,
+    columns = [
         [message.topic for message, _ in messages],
         [message.key() for message, _ in messages],
         [message_id for _, message_id in messages],
         [message.model_dump_json().encode() for message, _ in messages],
-        notify,
-    )
+    ]
+    # The trace context of each message's cause (None when tracing is off: one check).
+    headers = outbox_headers(message for message, _ in messages)
+    if headers is None:
+        await conn.execute(_INSERT, *columns, notify)
+    else:
+        await conn.execute(_INSERT_WITH_HEADERS, *columns, notify, headers)
+
+
+_INSERT = """
+WITH added AS (
+    INSERT INTO outbox (topic, key, event_id, payload)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[])
+)
+SELECT pg_notify(current_schema() || '_outbox', '') WHERE $5
+"""
+
+_INSERT_WITH_HEADERS = """
+WITH added AS (
+    INSERT INTO outbox (topic, key, event_id, payload, headers)
+    SELECT t, k, e, p, h::jsonb
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $6::text[]) AS u(t, k, e, p, h)
+)
+SELECT pg_notify(current_schema() || '_outbox', '') WHERE $5
+"""
 
 
 class RelayMetrics:
@@ -147,14 +166,14 @@ WITH turn AS MATERIALIZED (
     LIMIT $5
 )
 SELECT (SELECT count(*) FROM pending) AS pending, (SELECT count(*) FROM mine) AS taken,
-       o.id, o.topic, o.key, o.event_id, o.payload, o.age_s
+       o.id, o.topic, o.key, o.event_id, o.payload, o.headers, o.age_s
 FROM (SELECT 1) AS one
 LEFT JOIN LATERAL (
     -- FOR UPDATE reads each row's latest version: a relay that held one of these shards
     -- may have marked its rows and let go after this statement's snapshot was taken.
     -- Nothing else locks unpublished rows, so it never waits (and SKIP LOCKED would put
     -- a key's later rows before a skipped one).
-    SELECT id, topic, key, event_id, payload,
+    SELECT id, topic, key, event_id, payload, headers::text AS headers,
            extract(epoch FROM clock_timestamp() - created_at) AS age_s
     FROM outbox
     WHERE shard IN (SELECT shard FROM mine) AND published_at IS NULL
@@ -212,8 +231,10 @@ class OutboxRelay:
         listen: Connect | None = None,
         batch_size: int = 500,
         poll_interval_s: float = 0.5,
+        tracing: Tracing | None = None,
     ) -> None:
         self._pool = pool
+        self._tracing = tracing or Tracing.off()
         self._listen = listen
         self._schema = schema
         self._publish = publish
@@ -249,12 +270,21 @@ class OutboxRelay:
             claim = await self._claim(conn)
             rows = claim.rows
             if rows:
-                await self._publish(
-                    [
-                        OutboxRecord(r["topic"], r["key"].encode(), r["payload"], r["event_id"])
-                        for r in rows
-                    ]
-                )
+                records = [
+                    OutboxRecord(
+                        r["topic"],
+                        r["key"].encode(),
+                        r["payload"],
+                        r["event_id"],
+                        stored_headers(h) if (h := r["headers"]) else (),
+                    )
+                    for r in rows
+                ]
+                if self._tracing.enabled:
+                    with self._tracing.publishing(records) as traced:
+                        await self._publish(traced)
+                else:  # headers stored by a traced writer go out as they are
+                    await self._publish(records)
                 crash_point("relay.after_publish")
                 await conn.execute(
                     "UPDATE outbox SET published_at = clock_timestamp() "

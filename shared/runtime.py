@@ -31,6 +31,7 @@ from shared.logs import configure_logging
 from shared.outbox import OutboxRelay, RelayMetrics
 from shared.saga_watch import OUTBOX_PROBES, Probe, SagaWatch
 from shared.settings import ServiceSettings
+from shared.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,14 @@ class ServiceKit:
             max_size=settings.db_pool_max_size,
         )
         self.broker = make_broker(settings, self.registry)
+        # Traces (OTEL_* variables; off when they name no exporter): shared/tracing.py.
+        self.tracing = Tracing.from_env(settings.service_name)
         self.dead_letters = DeadLetters(
-            self.broker, service=settings.service_name, registry=self.registry
+            self.broker,
+            service=settings.service_name,
+            registry=self.registry,
+            tracing=self.tracing,
+            group=settings.group_id,
         )
         self._relay_metrics = RelayMetrics(self.registry)
         self._relay: OutboxRelay | None = None
@@ -154,6 +161,7 @@ class ServiceKit:
                 listen=lambda: self.db.connect(purpose="outbox-listen"),
                 batch_size=self.settings.relay_batch_size,
                 poll_interval_s=self.settings.relay_poll_interval_s,
+                tracing=self.tracing,
             )
             self._relay = relay
             if self.settings.relay_kick_after_commit:
@@ -198,6 +206,8 @@ class ServiceKit:
         if self._producer is not None:
             async with _took("closing the relay's producer"):
                 await self._producer.stop()
+        # The last spans out to the exporter (a thread of the SDK's: off the loop).
+        await asyncio.to_thread(self.tracing.shutdown)
         log.info("%s stopped in %.1fs", name, time.monotonic() - started)
 
     async def _finish_batches(self) -> None:

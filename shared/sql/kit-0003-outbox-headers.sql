@@ -1,0 +1,13 @@
+-- Kafka headers stored with each outbox row, published with it (issue 12 item 1).
+--
+-- What a row carries today is the trace context of the record that caused it (W3C
+-- `traceparent`, and `tracestate` when there is one), so a request's trace crosses the
+-- outbox hop: the relay publishes the row under a span that continues it. NULL when
+-- tracing is off, and on every row written before this migration: such rows publish
+-- as before.
+--
+-- jsonb, an object of header name -> text value: W3C trace headers are text; an operator
+-- can find a trace's rows (`WHERE headers->>'traceparent' LIKE '00-<trace id>-%'`);
+-- and a header added later needs no other migration. Adding a nullable column without a
+-- default changes the catalog only: no table rewrite, a brief lock.
+ALTER TABLE outbox ADD COLUMN headers jsonb;

@@ -101,6 +101,8 @@ async def test_every_metric_the_rules_and_the_dashboard_name_is_served(stack: St
         return texts if ready else None
 
     texts = await eventually(all_sampled, timeout_s=60, every_s=1)
+    for service, text in texts.items():  # every probe's SQL ran (a failed tick counts)
+        assert samples(text, "coinstream_saga_watch_errors_total") == [({}, 0.0)], service
     served = set().union(*(served_names(text) for text in texts.values()))
     served |= served_names(await reconcile_metrics(stack))
     missing = named_metrics() - served

@@ -225,6 +225,8 @@ class DeadLetters:
         except _TOO_LARGE as refused:
             await self._send_stub(record, reason=reason, error=error, refused=refused)
         self._counter.labels(record.topic, reason).inc()
+        if self.tracing.enabled:
+            self.tracing.dead_lettered(record, reason)
         log.warning(
             "dead-lettered %s[%d]@%d: %s",
             record.topic,

@@ -152,6 +152,7 @@ class _Causes:
 
     by_request: dict[str, Span]
     only: Span | None  # a batch of one record: whatever it writes is its doing
+    by_position: dict[tuple[str, int, int], Span]  # (topic, partition, offset): its consume span
 
 
 _causes: ContextVar[_Causes | None] = ContextVar("trace_causes", default=None)
@@ -276,6 +277,7 @@ class Tracing:
         work: list[Span] = []
         spans: list[Span] = []
         by_request: dict[str, Span] = {}
+        by_position: dict[tuple[str, int, int], Span] = {}
         for record, request_id in zip(records, request_ids, strict=True):
             consume = tracer.start_span(
                 f"{record.topic} process",
@@ -301,9 +303,10 @@ class Tracing:
             )
             spans += (transaction, consume)
             work.append(transaction)
+            by_position[record.topic, record.partition, record.offset] = consume
             if request_id is not None:
                 by_request.setdefault(request_id, transaction)
-        token = _causes.set(_Causes(by_request, work[0] if size == 1 else None))
+        token = _causes.set(_Causes(by_request, work[0] if size == 1 else None, by_position))
         try:
             yield
         except BaseException as error:
@@ -313,6 +316,14 @@ class Tracing:
             _causes.reset(token)
             for span in spans:  # the transaction before its consume span
                 span.end()
+
+    def dead_lettered(self, record: Any, reason: str) -> None:
+        """Mark the consume span of a record of the batch in hand as dead-lettered."""
+        causes = _causes.get()
+        span = causes and causes.by_position.get((record.topic, record.partition, record.offset))
+        if span:
+            span.set_attribute("coinstream.dead_letter.reason", reason)
+            span.set_status(Status(StatusCode.ERROR, f"dead-lettered: {reason}"))
 
     @contextmanager
     def publishing(self, records: Sequence[Any]) -> Iterator[list[Any]]:

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from shared import tracing
 from shared.consumer import DeadLetters, Delivery, process
+from shared.errors import PermanentError
 from shared.outbox import OutboxRecord
 from shared.tracing import (
     Tracing,
@@ -37,6 +38,8 @@ class Record(NamedTuple):
     partition: int
     offset: int
     headers: list[tuple[str, bytes | None]]
+    key: bytes | None = None
+    value: bytes | None = None
 
 
 class Message(BaseModel):
@@ -291,3 +294,40 @@ def test_the_demo_sends_one_gift_with_a_traceparent_of_its_own_trace() -> None:
     assert journey.followed == followed and followed.topic == "gifting.gift-requested"
     version, trace_id, parent, flags = followed.traceparent.split("-")
     assert (version, trace_id, flags) == ("00", journey.trace_id, "01") and len(parent) == 16
+
+
+async def test_a_record_dead_lettered_in_its_batch_says_so_on_its_span(
+    spans: tuple[Tracing, InMemorySpanExporter],
+) -> None:
+    traced, exporter = spans
+    dead_letters = DeadLetters(
+        _Broker(),  # type: ignore[arg-type]
+        service="wallet",
+        registry=CollectorRegistry(),
+        tracing=traced,
+    )
+    sent: list[int] = []
+
+    async def publish(*_: object) -> None:
+        sent.append(1)
+
+    dead_letters._publish = publish  # type: ignore[method-assign]
+
+    async def apply(messages: list[Message]) -> None:
+        if any(m.request_id == "bad" for m in messages):
+            raise PermanentError("refused")  # the batch is halved until "bad" stands alone
+
+    deliveries = [
+        Delivery(Record("t", 0, n, []), Message(request_id=r))
+        for n, r in enumerate(("good", "bad"))
+    ]
+    await process(deliveries, apply, dead_letters)  # type: ignore[arg-type]
+    assert sent == [1]
+    [bad] = [
+        s
+        for s in exporter.get_finished_spans()
+        if s.name == "t process" and s.attributes and s.attributes["messaging.kafka.offset"] == 1
+    ]
+    assert bad.status.status_code is StatusCode.ERROR
+    assert bad.attributes is not None
+    assert bad.attributes["coinstream.dead_letter.reason"] == "processing_failed"

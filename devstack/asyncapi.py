@@ -334,7 +334,8 @@ def build_broker() -> KafkaBroker:
                     summary,
                     f"{_key_note(event)} Carries `event_id` (unique), `occurred_at` and the "
                     "`request_id` that caused it. Record headers: `content-type: "
-                    "application/json` and `event_id`.",
+                    "application/json` and `event_id`; W3C `traceparent` (and "
+                    "`tracestate`) when the service traces (docs/operations.md#traces).",
                 )
             )
             broker.publisher(

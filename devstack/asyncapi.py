@@ -8,10 +8,11 @@ nothing and exits 1 naming every file that differs from what the code generates.
 How the AsyncAPI document is built: a FastStream Kafka broker for documentation only
 (never connected) is given
 
-- one subscriber for every subscriber a service really registers: each service's
-  `handlers.build_router` is called with stand-ins (only the registrations are read,
-  never a handler), and its topics and handler docstrings are copied; the handler of
-  the copy takes the topic's model, so FastStream knows the payload;
+- one subscriber for every topic a service consumes: each service's table of consumed
+  topics (`handlers.consumed`, shared/subscriptions.py, from which its one real Kafka
+  consumer is built) gives the topic, the declaring function's name and docstring and
+  the model; the handler of the copy takes the topic's model, so FastStream knows the
+  payload;
 - one publisher, with the model as its schema, for every event a service publishes.
   Services publish through their outbox, which FastStream cannot see, so `PUBLISHES`
   says which service publishes what (the unit test checks it against the events each
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any, Final, cast
 
 from faststream import FastStream
-from faststream.kafka import KafkaBroker, KafkaRouter
+from faststream.kafka import KafkaBroker
 from faststream.security import SASLScram512
 from faststream.specification import AsyncAPI
 from pydantic import ConfigDict
@@ -74,6 +75,7 @@ from shared.contracts import (
 )
 from shared.kafka_client import LOCAL_KAFKA
 from shared.settings import ServiceSettings
+from shared.subscriptions import Subscriptions
 
 DOCS_DIR: Final = Path(__file__).resolve().parent.parent / "docs"
 ASYNCAPI_FILE: Final = "asyncapi.json"
@@ -83,15 +85,13 @@ UPSTREAM: Final = "upstream apps"
 
 _INTERNAL_NOTE: Final = "INTERNAL: not part of CONTRACT.md; its shape may change with the services."
 
-RouterBuilder = Callable[[Any, Any, Any], KafkaRouter]
-
-SERVICES: Final[dict[str, tuple[RouterBuilder, type[ServiceSettings]]]] = {
-    "payment": (payment_handlers.build_router, PaymentSettings),
-    "wallet": (wallet_handlers.build_router, WalletSettings),
-    "gifting": (gifting_handlers.build_router, GiftingSettings),
-    "payout": (payout_handlers.build_router, PayoutSettings),
+SERVICES: Final[dict[str, tuple[Subscriptions[Any], type[ServiceSettings]]]] = {
+    "payment": (payment_handlers.consumed, PaymentSettings),
+    "wallet": (wallet_handlers.consumed, WalletSettings),
+    "gifting": (gifting_handlers.consumed, GiftingSettings),
+    "payout": (payout_handlers.consumed, PayoutSettings),
 }
-"""Each service's subscriber registrations and its settings class."""
+"""Each service's consumed topics and its settings class."""
 
 PUBLISHES: Final[dict[str, dict[type[Event], str]]] = {
     "payment": {
@@ -162,29 +162,22 @@ def message_models() -> dict[str, type[Message]]:
 
 
 def subscriptions() -> list[Subscription]:
-    """What each service's router subscribes to, read from the routers themselves.
+    """What each service consumes, read from the tables its consumer is built from.
 
-    The routers are built with stand-ins for the service and the dead letters (handlers
-    only touch them when a message arrives) and with settings built from defaults
-    (`model_construct`: no environment is read), so nothing connects anywhere.
+    Settings are built from defaults (`model_construct`: no environment is read) for
+    the group id only, so nothing connects anywhere.
     """
-    found: list[Subscription] = []
-    for service, (build_router, settings_class) in SERVICES.items():
-        settings = settings_class.model_construct()
-        router = build_router(None, None, settings)
-        for subscriber in router.subscribers:
-            for call in subscriber.calls:
-                for topic in subscriber.specification.channel_labels:
-                    found.append(
-                        Subscription(
-                            service=service,
-                            topic=topic,
-                            handler=call.name,
-                            doc=_reflow(call.description or ""),
-                            group_id=settings.group_id,
-                        )
-                    )
-    # A router keeps its subscribers in a WeakSet: sort for a stable document.
+    found = [
+        Subscription(
+            service=service,
+            topic=declared.topic,
+            handler=declared.name,
+            doc=_reflow(declared.doc),
+            group_id=settings_class.model_construct().group_id,
+        )
+        for service, (consumed, settings_class) in SERVICES.items()
+        for declared in consumed.topics
+    ]
     return sorted(found, key=lambda s: (s.topic, s.service, s.handler))
 
 

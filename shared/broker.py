@@ -147,9 +147,10 @@ def batch_subscription(settings: ServiceSettings) -> dict[str, Any]:
         "batch_timeout_ms": settings.consumer_batch_timeout_ms,
         "fetch_min_bytes": settings.consumer_fetch_min_bytes,
         "fetch_max_wait_ms": settings.consumer_fetch_max_wait_ms,
-        # A service runs one consumer per topic in one group; when one joins, the others
-        # learn of the rebalance at their next heartbeat. Frequent heartbeats make a
-        # (re)start take about a second instead of several. The session timeout is how
+        # Each replica of a service is one consumer of its group (shared/subscriptions.py);
+        # when one joins, the others learn of the rebalance at their next heartbeat.
+        # Frequent heartbeats make a (re)start or scale-out take about a second instead
+        # of several. The session timeout is how
         # long a replica that died without leaving keeps its partitions (6 s: the
         # broker's default group.min.session.timeout.ms, the lowest it accepts).
         "heartbeat_interval_ms": settings.consumer_heartbeat_interval_ms,

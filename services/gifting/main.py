@@ -15,7 +15,7 @@ def create_app(settings: GiftingSettings | None = None) -> Starlette:
     kit = ServiceKit(settings)
     rules = GiftRules(creator_share=settings.creator_share, max_quantity=settings.max_quantity)
     service = GiftingService(kit.db, GiftingRepository(), rules, GiftingMetrics(kit.registry))
-    kit.include(handlers.build_router(service, kit.dead_letters, settings))
+    kit.include(handlers.consumed.router(service, kit.dead_letters, settings))
     kit.watch_sagas(watch.probes(stuck_after_s=settings.saga_stuck_after_s))
     return kit.http_app(api.routes(service, max_limit=settings.leaderboard_max_limit))
 

@@ -36,7 +36,7 @@ def create_app(
     )
     metrics = PaymentMetrics(kit.registry)
     service = PaymentService(kit.db, PaymentRepository(), provider, settings, metrics)
-    kit.include(handlers.build_router(service, kit.dead_letters, settings))
+    kit.include(handlers.consumed.router(service, kit.dead_letters, settings))
     kit.run_in_background("payment-reconciliation", service.reconcile_forever)
     kit.watch_sagas(watch.probes())
     app = kit.http_app([*api.routes(service), *webhooks.routes(service, settings, kit.registry)])

@@ -36,7 +36,7 @@ def create_app(
     bank = provider or SimulatedBank(lambda: kit.db.pool, latency_ms=settings.provider_latency_ms)
     metrics = PayoutMetrics(kit.registry)
     service = PayoutService(kit.db, PayoutRepository(), bank, settings, metrics, clock)
-    kit.include(handlers.build_router(service, kit.dead_letters, settings))
+    kit.include(handlers.consumed.router(service, kit.dead_letters, settings))
     kit.run_in_background("payout-reconciliation", service.reconcile_forever)
     kit.watch_sagas(
         watch.probes(

@@ -19,7 +19,7 @@ def create_app(
     settings = settings or WalletSettings()
     kit = ServiceKit(settings)
     service = WalletService(kit.db, clock, shards=settings.topic_partitions)
-    kit.include(handlers.build_router(service, kit.dead_letters, settings))
+    kit.include(handlers.consumed.router(service, kit.dead_letters, settings))
     kit.watch_sagas(watch.probes())
     return kit.http_app(api.routes(service.reads))
 

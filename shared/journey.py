@@ -32,6 +32,7 @@ from shared.dead_letters import DeadLetter, DeadLetterError
 from shared.kafka_client import KafkaClientSettings
 from shared.reconcile.report import READ_ERRORS, without_password
 from shared.settings import InfraSettings
+from shared.topics import all_topics
 
 SERVICES = ("payment", "wallet", "gifting", "payout")
 
@@ -371,9 +372,8 @@ async def read_database(url: str, request_id: str, journey: Journey) -> None:
             needle = json.dumps({"request_id": request_id}, separators=(",", ":"))[1:-1]
             for service in SERVICES:
                 journey.events.extend(await _outbox(conn, service, request_id, needle.encode()))
-            event_ids = [e.event_id for e in journey.events]
             for service in SERVICES:
-                journey.consumed.extend(await _inbox(conn, service, request_id, event_ids))
+                journey.consumed.extend(await _inbox(conn, service, request_id, journey.events))
     finally:
         await conn.close()
 
@@ -461,15 +461,24 @@ async def _outbox(
 
 
 async def _inbox(
-    conn: asyncpg.Connection, service: str, request_id: str, event_ids: Sequence[str]
+    conn: asyncpg.Connection, service: str, request_id: str, events: Sequence[OutboxEvent]
 ) -> list[Consumed]:
+    # Looked up by the inbox's primary key (topic, message_id): the request_id under every
+    # topic (which one carried the request is not known here), each event's id under its
+    # own. By message_id alone this read the whole inbox, and an index on message_id would
+    # cost every message the wallet consumes for the sake of a support tool.
+    keys = dict.fromkeys(
+        [(topic, request_id) for topic in all_topics()]
+        + [(event.topic, event.event_id) for event in events]
+    )
     rows = await conn.fetch(
         f"""
-        SELECT topic, message_id, processed_at FROM {service}.inbox
-        WHERE message_id = $1 OR message_id = ANY($2::text[])
+        SELECT i.topic, i.message_id, i.processed_at
+        FROM unnest($1::text[], $2::text[]) AS k(topic, message_id)
+        JOIN {service}.inbox i ON i.topic = k.topic AND i.message_id = k.message_id
         """,
-        request_id,
-        list(event_ids),
+        [topic for topic, _ in keys],
+        [message_id for _, message_id in keys],
     )
     return [Consumed(service, r["topic"], r["message_id"], r["processed_at"]) for r in rows]
 

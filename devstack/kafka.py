@@ -72,7 +72,7 @@ def missing_tools() -> list[str]:
         return []
     return [
         f"{' and '.join(missing)} not found on PATH. Kafka needs a JDK 17+ and, the first "
-        "time, Maven: `apt-get install default-jdk-headless maven` (or set "
+        "time, Maven: `sh scripts/prereqs stack` installs them or names the packages (or set "
         "KAFKA_BOOTSTRAP_SERVERS to an existing broker)"
     ]
 

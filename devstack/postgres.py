@@ -39,7 +39,8 @@ def find_bin_dir() -> Path:
         return Path(pg_ctl).parent
     raise DevstackError(
         f"PostgreSQL server binaries (initdb, pg_ctl) not found in {_DEBIAN_ROOT}/*/bin "
-        "or on PATH: `apt-get install postgresql` (or set DATABASE_URL to an existing server)"
+        "or on PATH: `sh scripts/prereqs stack` installs them (Debian/Ubuntu: `postgresql`), "
+        "or set DATABASE_URL to an existing server"
     )
 
 

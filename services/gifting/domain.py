@@ -28,7 +28,7 @@ class GiftRules:
     max_quantity: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GiftOrder:
     """A gift request as recorded: pending (waiting for the wallet), sent or rejected."""
 
@@ -69,7 +69,8 @@ def refusal(
 def decide(request: GiftRequested, gift: Gift | None, rules: GiftRules) -> GiftOrder:
     """Record a new request: rejected with its reason, or pending with its price."""
     reason = refusal(request, gift, rules)
-    order = GiftOrder(
+    coins = 0 if reason is not None or gift is None else gift.coins * request.quantity
+    return GiftOrder(  # built once: a batch decides hundreds
         request_id=request.request_id,
         sender_id=request.sender_id,
         creator_id=request.creator_id,
@@ -80,11 +81,9 @@ def decide(request: GiftRequested, gift: Gift | None, rules: GiftRules) -> GiftO
         fingerprint=fingerprint(request),
         status="rejected" if reason else "pending",
         reason=reason,
+        coins=coins,
+        diamonds=creator_diamonds(coins, rules.creator_share) if coins else Decimal(0),
     )
-    if reason is not None or gift is None:
-        return order
-    coins = gift.coins * request.quantity
-    return replace(order, coins=coins, diamonds=creator_diamonds(coins, rules.creator_share))
 
 
 def answer(order: GiftOrder | None, answer: GiftDebitAnswered) -> GiftOrder | None:

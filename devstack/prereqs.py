@@ -72,6 +72,7 @@ class Facts:
 class Privilege:
     root: bool
     sudo: bool  # `sudo -n true` succeeds: sudo without a password
+    has_sudo: bool  # sudo is installed at all (a minimal Debian has none: su then)
     apt: bool  # apt-get exists: Debian, Ubuntu and their derivatives
     may_install: bool  # not COINSTREAM_NO_INSTALL
 
@@ -79,7 +80,8 @@ class Privilege:
 @dataclass(frozen=True)
 class Plan:
     """`install` with `prefix` (empty as root, sudo -n otherwise), or `advise`: print
-    `command` (empty when apt cannot help) and fail. No needs: nothing to do."""
+    the command to run (with `prefix`: sudo, `su -c`, or nothing as root) and fail. No
+    needs: nothing to do."""
 
     action: str  # "nothing", "install" or "advise"
     needs: tuple[Need, ...] = ()
@@ -148,7 +150,9 @@ def decide(needs: Sequence[Need], privilege: Privilege) -> Plan:
         return Plan("install", tuple(needs))
     if fixable and privilege.may_install and privilege.sudo:
         return Plan("install", tuple(needs), ("sudo", "-n"))
-    return Plan("advise", tuple(needs), () if privilege.root else ("sudo",))
+    if privilege.root:
+        return Plan("advise", tuple(needs))
+    return Plan("advise", tuple(needs), ("sudo",) if privilege.has_sudo else ("su", "-c"))
 
 
 def packages(needs: Sequence[Need], known: Sequence[str]) -> list[str]:
@@ -170,9 +174,12 @@ def advice(plan: Plan, known: Sequence[str], *, apt: bool) -> list[str]:
     if not all(need.packages for need in plan.needs):
         return lines
     names = packages(plan.needs, known)
-    install = " ".join((*plan.prefix, *APT_INSTALL, *names))
-    update = " ".join((*plan.prefix, "apt-get", "update")) + " && "
-    return [*lines, f"run: {update if set(names) - set(known) else ''}{install}"]
+    commands = [" ".join((*APT_INSTALL, *names))]
+    if set(names) - set(known):
+        commands.insert(0, "apt-get update")
+    if plan.prefix == ("su", "-c"):
+        return [*lines, f"run: su -c '{' && '.join(commands)}'"]
+    return [*lines, "run: " + " && ".join(" ".join((*plan.prefix, c)) for c in commands)]
 
 
 # ─── this machine (impure) ────────────────────────────────────────────────────────────
@@ -250,6 +257,7 @@ def privilege(env: Mapping[str, str]) -> Privilege:
     return Privilege(
         root=root,
         sudo=sudo,
+        has_sudo=shutil.which("sudo") is not None,
         apt=shutil.which("apt-get") is not None,
         may_install=env.get("COINSTREAM_NO_INSTALL", "") in ("", "0"),
     )

@@ -42,9 +42,9 @@ BARE = replace(
     kafka_jars_cached=False,
     postgres_server=False,
 )
-ROOT_USER = Privilege(root=True, sudo=False, apt=True, may_install=True)
-SUDOER = Privilege(root=False, sudo=True, apt=True, may_install=True)
-USER = Privilege(root=False, sudo=False, apt=True, may_install=True)
+ROOT_USER = Privilege(root=True, sudo=False, has_sudo=False, apt=True, may_install=True)
+SUDOER = Privilege(root=False, sudo=True, has_sudo=True, apt=True, may_install=True)
+USER = Privilege(root=False, sudo=False, has_sudo=True, apt=True, may_install=True)
 
 
 def names(needs: list[Need]) -> list[str]:
@@ -138,6 +138,14 @@ def test_apt_get_update_comes_first_when_apt_does_not_know_a_package_yet() -> No
     (line,) = prereqs.advice(plan, [], apt=True)[1:]
     assert line == (
         "run: sudo apt-get update && sudo apt-get install -y --no-install-recommends postgresql"
+    )
+
+
+def test_without_sudo_the_command_is_run_as_root_with_su() -> None:
+    plan = prereqs.decide(prereqs.missing(BARE, "stack"), replace(USER, has_sudo=False))
+    assert prereqs.advice(plan, [], apt=True)[-1] == (
+        "run: su -c 'apt-get update && apt-get install -y --no-install-recommends "
+        "python3.11-venv openjdk-17-jre-headless maven postgresql'"
     )
 
 

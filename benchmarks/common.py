@@ -154,21 +154,23 @@ def latency_line(label: str, latencies: Iterable[float]) -> str:
 
 
 def services_cpu(instance: Instance, *names: str) -> dict[str, float]:
-    """CPU seconds (user + system) each named service of `instance` has used so far,
-    from /proc; a service this machine does not run (or not under devstack) is left out."""
+    """CPU seconds (user + system) each named service of `instance` has used so far, all
+    its running replicas together (`wallet.pid`, `wallet-1.pid`, ...), from /proc; a
+    service this machine does not run (or not under devstack) is left out."""
     ticks = os.sysconf("SC_CLK_TCK")
-    out = {}
+    out: dict[str, float] = {}
     for name in names:
-        pid = live_pid(instance.run / f"{name}.pid")
-        if pid is None:
-            continue
-        try:
-            # utime and stime: fields 14 and 15, counted after the command's closing paren
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            fields = stat.rpartition(")")[2].split()
-        except OSError:
-            continue
-        out[name] = (int(fields[11]) + int(fields[12])) / ticks
+        for pid_file in (instance.run / f"{name}.pid", *instance.run.glob(f"{name}-*.pid")):
+            pid = live_pid(pid_file)
+            if pid is None:
+                continue
+            try:
+                # utime and stime: fields 14 and 15, counted after the command's closing paren
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                fields = stat.rpartition(")")[2].split()
+            except OSError:
+                continue
+            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
     return out
 
 

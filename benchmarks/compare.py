@@ -10,19 +10,25 @@ load average seen) and the issue's targets as ratios, since machines differ:
 - coinstream's unpaced gifts/s >= 70% of the ceiling's (relay mode);
 - at half the ceiling's unpaced throughput, coinstream keeps up (>= 95% of the offered
   rate end to end) with p99 request -> gift-sent within 2x the ceiling's p99;
-- coinstream's hot-creator run within 20% of its spread run.
+- coinstream's hot-creator run within 20% of its spread run;
+- coinstream with two replicas each of gifting and the wallet no slower than with one
+  (the second replicas are started for that run and stopped after it; CPU per gift is
+  then both replicas' together).
 
 Run: `make bench` or `python -m benchmarks.compare --count 10000`.
 """
 
 import argparse
 import os
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import uvloop
 
 from benchmarks import ceiling, common, gifts
+from devstack.instances import get_instance, stack_endpoints
+from devstack.services import start_service, stop_service
 
 _SERVICES = ("gifting", "wallet")
 
@@ -103,6 +109,22 @@ async def _coinstream(
     return row
 
 
+@asynccontextmanager
+async def second_replicas(services: Iterable[str] = _SERVICES) -> AsyncIterator[None]:
+    """A second replica of each service on the running stack, stopped (SIGTERM) after."""
+    instance = get_instance("default")
+    endpoints = stack_endpoints(instance)
+    started = []
+    try:
+        for service in services:
+            await start_service(instance, service, endpoints, replica=1, timeout_s=120)
+            started.append(service)
+        yield
+    finally:
+        for service in started:
+            await stop_service(instance, service, replica=1)
+
+
 def table(rows: list[Row]) -> str:
     head = [
         "run",
@@ -141,7 +163,9 @@ async def main() -> None:
         await _ceiling("hot creator", args, creators=1),
         await _coinstream("hot creator", args, creators=1),
     ]
-    ceiling_paced, coinstream_paced, _, coinstream_hot = rows[3:]
+    async with second_replicas():
+        rows.append(await _coinstream("two replicas", args))
+    ceiling_paced, coinstream_paced, _, coinstream_hot, coinstream_two = rows[3:]
     print()
     print(table(rows))
     print()
@@ -159,6 +183,11 @@ async def main() -> None:
     print(
         f"hot creator: coinstream {hot:.0%} of its spread run (target >= 80%): "
         f"{verdict(hot >= 0.8)}"
+    )
+    two = coinstream_two.throughput / coinstream.throughput
+    print(
+        f"two replicas: coinstream {two:.0%} of one replica's throughput (target >= 100%): "
+        f"{verdict(two >= 1.0)}"
     )
 
 

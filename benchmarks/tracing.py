@@ -1,6 +1,7 @@
 """What tracing costs per record, without Kafka or PostgreSQL: the consumer's `process`
 of a batch (whose work writes one outbox row per record) and the relay's publish
-spans, tracing off and on (spans exported by the SDK's batch processor to a file).
+spans, tracing off and on: the spans alone (an exporter that drops them), and with the
+`file` exporter (the SDK's batch processor, flushed inside the timing).
 
     .venv/bin/python -m benchmarks.tracing [--batch 500] [--rounds 40]
 
@@ -13,9 +14,12 @@ import asyncio
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
@@ -36,12 +40,21 @@ class _Message(BaseModel):
     request_id: str
 
 
+class _Dropped(SpanExporter):
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
 class _Broker:
     def add_middleware(self, _: object) -> None:
         pass
 
 
-async def consume(traced: Tracing, batch: int, rounds: int) -> float:
+SAMPLED = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+NOT_SAMPLED = SAMPLED[:-2] + b"00"
+
+
+async def consume(traced: Tracing, batch: int, rounds: int, parent: bytes = SAMPLED) -> float:
     """Microseconds per record of `process` (the spans, the outbox headers)."""
     dead_letters = DeadLetters(
         _Broker(),  # type: ignore[arg-type]
@@ -49,7 +62,6 @@ async def consume(traced: Tracing, batch: int, rounds: int) -> float:
         registry=CollectorRegistry(),
         tracing=traced,
     )
-    parent = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     deliveries = [
         Delivery(_Record("gifting.gift-debit-requested", 0, n, [("traceparent", parent)]), m)
         for n, m in enumerate(_Message(request_id=f"r{n}") for n in range(batch))
@@ -61,6 +73,7 @@ async def consume(traced: Tracing, batch: int, rounds: int) -> float:
     started = time.perf_counter()
     for _ in range(rounds):
         await process(deliveries, apply, dead_letters)
+    traced.force_flush()
     return (time.perf_counter() - started) / (rounds * batch) * 1e6
 
 
@@ -75,6 +88,7 @@ def publish(traced: Tracing, batch: int, rounds: int, headers: str | None) -> fl
         if traced.enabled:
             with traced.publishing(records):
                 pass
+    traced.force_flush()
     return (time.perf_counter() - started) / (rounds * batch) * 1e6
 
 
@@ -85,34 +99,70 @@ async def main() -> None:
     args = parser.parse_args()
     # Every span kept (the default queue of 2048 drops some at this pace, and says so).
     os.environ.setdefault("OTEL_BSP_MAX_QUEUE_SIZE", str(4 * args.batch * args.rounds))
-    started = time.perf_counter()
-    for n in range(1_000_000):
-        isinstance(n, int)
-    reference = (time.perf_counter() - started) * 1e3
+    tracing._on_anywhere = False  # as in a process that never traced
+    off = Tracing.off("wallet")
+    figures = {
+        "off: consume": (await consume(off, args.batch, args.rounds), reference_ms()),
+        "off: relay": (publish(off, args.batch, args.rounds, None), reference_ms()),
+    }
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(_Dropped()))
+    spans_only = Tracing("wallet", provider)  # sets _on_anywhere
+    stored = '{"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}'
+    unsampled = stored.replace("-01", "-00")
+    figures |= {
+        "spans only: consume (2 spans, 1 header out)": (
+            await consume(spans_only, args.batch, args.rounds),
+            reference_ms(),
+        ),
+        "spans only: relay (1 span, headers in, out)": (
+            publish(spans_only, args.batch, args.rounds, stored),
+            reference_ms(),
+        ),
+        "not sampled: consume": (
+            await consume(spans_only, args.batch, args.rounds, NOT_SAMPLED),
+            reference_ms(),
+        ),
+        "not sampled: relay": (
+            publish(spans_only, args.batch, args.rounds, unsampled),
+            reference_ms(),
+        ),
+    }
     with tempfile.TemporaryDirectory() as folder:
-        on = Tracing.from_env(
+        to_file = Tracing.from_env(
             "wallet",
             {
                 "OTEL_TRACES_EXPORTER": "file",
                 "COINSTREAM_TRACES_FILE": str(Path(folder) / "spans.jsonl"),
             },
         )
-        tracing._on_anywhere = False  # as in a process that never traced
-        off = Tracing.off("wallet")
-        figures = {
-            "consume, off": await consume(off, args.batch, args.rounds),
-            "relay, off": publish(off, args.batch, args.rounds, None),
-        }
-        tracing._on_anywhere = True
-        stored = '{"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}'
         figures |= {
-            "consume, on (2 spans, 1 outbox header)": await consume(on, args.batch, args.rounds),
-            "relay, on (1 span, headers in and out)": publish(on, args.batch, args.rounds, stored),
+            "file exporter: consume": (
+                await consume(to_file, args.batch, args.rounds),
+                reference_ms(),
+            ),
+            "file exporter: relay": (
+                publish(to_file, args.batch, args.rounds, stored),
+                reference_ms(),
+            ),
         }
-        on.shutdown()
-    print(f"{'reference: 1M isinstance() calls':<42} {reference:8.1f} ms (~40 ms on an idle core)")
-    for what, micros in figures.items():
-        print(f"{what:<42} {micros:8.1f} µs/record")
+        to_file.shutdown()
+    print(f"{'':<44} {'µs/record':>10} {'idle core':>10}  (reference loop)")
+    for what, (micros, reference) in figures.items():
+        scaled = micros * IDLE_REFERENCE_MS / reference
+        print(f"{what:<44} {micros:10.1f} {scaled:10.1f}  ({reference:.0f} ms)")
+
+
+IDLE_REFERENCE_MS = 40.0  # 1M isinstance() calls on an idle core of this machine
+
+
+def reference_ms() -> float:
+    """A fixed loop, timed: how busy the machine is now (each figure is scaled by the
+    one measured right after it, to what an idle core would take)."""
+    started = time.perf_counter()
+    for n in range(1_000_000):
+        isinstance(n, int)
+    return (time.perf_counter() - started) * 1e3
 
 
 if __name__ == "__main__":

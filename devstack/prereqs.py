@@ -313,8 +313,11 @@ def main(argv: Sequence[str]) -> int:
         _say(f"usage: scripts/prereqs [{'|'.join(SCOPES)}]")
         return 2
     env = os.environ
+    needs = missing(gather(env), scope)
+    if not needs:
+        return 0  # the usual case, before sudo is ever asked anything
     allowed = privilege(env)
-    plan = decide(missing(gather(env), scope), allowed)
+    plan = decide(needs, allowed)
     if plan.action == "advise":
         known = apt_known([name for need in plan.needs for name in need.packages])
         for line in advice(plan, known, apt=allowed.apt):

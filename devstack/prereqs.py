@@ -295,7 +295,10 @@ def install(plan: Plan) -> None:
     how = "as root" if not plan.prefix else "with " + " ".join(plan.prefix)
     _say(f"missing: {'; '.join(need.what for need in plan.needs)}")
     apt = [*plan.prefix, "env", "DEBIAN_FRONTEND=noninteractive"]
-    _run([*apt, "apt-get", "update", "-qq"])
+    # A failing update (one unreachable third-party repository) need not stop the
+    # install: the lists at hand may well know the packages, and the install says if not.
+    if subprocess.run([*apt, "apt-get", "update", "-qq"]).returncode != 0:
+        _say("apt-get update failed; installing from the package lists at hand")
     names = packages(plan.needs, apt_known(names_known))
     _say(f"installing {' '.join(names)} with apt-get ({how})")
     _run([*apt, *APT_INSTALL, "-qq", *names])

@@ -267,8 +267,9 @@ def dlq_list(
         letters = dead_letters.by_time(asyncio.run(_read(names, required=topic is not None)))
     shown = letters[-limit:] if limit else letters
     if as_json:
+        repeated = dead_letters.repeats(letters)
         for letter in shown:
-            typer.echo(dead_letters.json_line(letter))
+            typer.echo(dead_letters.json_line(letter, repeat_of=repeated.get(letter.coordinates)))
         if not letters:
             _err.print(f"no dead letters in {_topics_label(names)}")
         return
@@ -289,7 +290,9 @@ def dlq_replay(
 
     Same key and value; the headers without dlq.* plus dlq.replayed-from. The dead
     letters stay in the dead-letter topic, so a second replay publishes them again:
-    the services skip a request_id/event_id they already processed.
+    the services skip a request_id/event_id they already processed. --all and --reason
+    skip repeats (a record dead-lettered twice is replayed once); --offset replays
+    exactly what it names.
     """
     if sum((bool(offset), replay_all, reason is not None)) != 1:
         raise typer.BadParameter("give exactly one of --offset, --all, --reason")
@@ -297,9 +300,13 @@ def dlq_replay(
     name = dead_letters.dlq_of(topic)
     with _operator_errors():
         letters = asyncio.run(_read([name], required=True))
+        skipped: dict[str, str] = {}
         if wanted:
             letters = dead_letters.select_offsets(letters, name, wanted)
-        elif reason is not None:
+        else:
+            skipped = dead_letters.repeats(dead_letters.by_time(letters))
+            letters = [letter for letter in letters if letter.coordinates not in skipped]
+        if reason is not None:
             present = sorted({letter.reason for letter in letters})
             letters = [letter for letter in letters if letter.reason == reason]
             if not letters:
@@ -310,6 +317,8 @@ def dlq_replay(
             return
         replayed = [] if dry_run else asyncio.run(dead_letters.replay(_kafka(), letters))
     _print_replay(letters, replayed, dry_run=dry_run)
+    for coordinates, first in skipped.items():
+        _out.print(Text(f"skipped {coordinates}: a repeat of {first} (the same record)"))
 
 
 _out = Console(highlight=False)
@@ -357,13 +366,20 @@ def _print_letters(letters: list[DeadLetter], shown: list[DeadLetter], names: li
         return
     if len(shown) < len(letters):
         _out.print(f"the {len(shown)} most recent of {len(letters)} (--limit 0 for all)")
+    repeated = dead_letters.repeats(letters)
     for dlq_topic in dict.fromkeys(letter.dlq_topic for letter in shown):
-        _out.print(_letters_table(dlq_topic, [x for x in shown if x.dlq_topic == dlq_topic]))
+        mine = [x for x in shown if x.dlq_topic == dlq_topic]
+        _out.print(_letters_table(dlq_topic, mine, repeated))
     _out.print(_summary(letters))
+    if repeated:
+        _out.print(
+            f"{len(repeated)} of them repeat a record dead-lettered before (marked "
+            "'repeat of'; dead-lettering is at least once): replay --all/--reason skips them"
+        )
     _out.print("replay: coinstream dlq replay --topic DEAD-LETTER-TOPIC --offset P:O [--dry-run]")
 
 
-def _letters_table(dlq_topic: str, letters: list[DeadLetter]) -> Table:
+def _letters_table(dlq_topic: str, letters: list[DeadLetter], repeated: dict[str, str]) -> Table:
     """One dead-letter topic: the title and P:O are the coordinates `dlq replay` takes."""
     origins = ", ".join(dict.fromkeys(letter.original_topic for letter in letters))
     table = Table(title=f"{dlq_topic}  (from {origins})", title_justify="left")
@@ -372,15 +388,16 @@ def _letters_table(dlq_topic: str, letters: list[DeadLetter]) -> Table:
     for column in ("key", "error", "value"):
         table.add_column(column, overflow="fold")
     for letter in letters:
-        table.add_row(*(Text(cell) for cell in _row(letter)))
+        table.add_row(*(Text(cell) for cell in _row(letter, repeated.get(letter.coordinates))))
     return table
 
 
-def _row(letter: DeadLetter) -> list[str]:
+def _row(letter: DeadLetter, repeat_of: str | None) -> list[str]:
     key = "" if letter.key is None else letter.key.decode(errors="replace")
+    reason = letter.reason if repeat_of is None else f"{letter.reason} (repeat of {repeat_of})"
     return [
         f"{letter.partition}:{letter.offset}",
-        letter.reason,
+        reason,
         letter.header("dlq.service") or "",
         _when(letter.header("dlq.at")),
         _short(key, 40),

@@ -5,6 +5,14 @@ the original key and value unchanged, the original headers plus `dlq.reason`,
 `dlq.error`, `dlq.topic`, `dlq.partition`, `dlq.offset`, `dlq.service`, `dlq.at`.
 Its coordinates — dead-letter topic, partition, offset — name it for a replay.
 
+Dead-lettering is at least once: a consumer that crashes (or whose batch is rewound)
+after a dead letter was acknowledged but before its offset was committed dead-letters
+the same record again when the batch comes back. Such a *repeat* names the same origin
+(`dlq.topic`, `dlq.partition`, `dlq.offset`) as an earlier dead letter; `repeats` finds
+them, `dlq list` marks them and counts them apart, and `dlq replay --all/--reason` skips
+them (replaying both would be harmless, the services skip a request they already
+processed, but it is noise).
+
 Reading never joins a consumer group and never commits: it assigns every partition,
 starts at the oldest record kept and stops at the end offsets taken when it started,
 so it always terminates and never moves any service's offsets. A replay publishes
@@ -81,6 +89,19 @@ class DeadLetter:
     def is_stub(self) -> bool:
         """A stand-in for a record too large to dead-letter: its value names the original."""
         return self.header(STUB) is not None
+
+    @property
+    def origin(self) -> tuple[str, int, int] | None:
+        """(topic, partition, offset) of the record that was dead-lettered, from the
+        `dlq.*` headers; None when they are missing or not numbers."""
+        topic, partition, offset = (
+            self.header(f"dlq.{n}") for n in ("topic", "partition", "offset")
+        )
+        if topic is None or partition is None or offset is None:
+            return None
+        if not partition.isdigit() or not offset.isdigit():
+            return None
+        return topic, int(partition), int(offset)
 
     def replay_headers(self) -> list[tuple[str, bytes]]:
         """The original headers (every `dlq.*` one removed) plus `dlq.replayed-from`."""
@@ -191,6 +212,23 @@ async def read(
     )
 
 
+def repeats(letters: Iterable[DeadLetter]) -> dict[str, str]:
+    """Dead letters of a record dead-lettered before: coordinates -> the coordinates of
+    the first dead letter of the same origin (in the order given; oldest first from
+    `by_time`). A replayed message dead-lettered again has an origin of its own (its
+    copy's offset), so it is not a repeat."""
+    first: dict[tuple[str, int, int], str] = {}
+    found: dict[str, str] = {}
+    for letter in letters:
+        origin = letter.origin
+        if origin is None:
+            continue
+        earlier = first.setdefault(origin, letter.coordinates)
+        if earlier != letter.coordinates:
+            found[letter.coordinates] = earlier
+    return found
+
+
 def by_time(letters: Iterable[DeadLetter]) -> list[DeadLetter]:
     """Oldest first by record timestamp, across topics and partitions."""
     return sorted(letters, key=lambda d: (d.timestamp_ms, d.dlq_topic, d.partition, d.offset))
@@ -285,6 +323,7 @@ async def _send_all(producer: AIOKafkaProducer, letters: Sequence[DeadLetter]) -
     return done
 
 
-def json_line(letter: DeadLetter) -> str:
-    """One dead letter as one line of JSON."""
-    return json.dumps(letter.as_json(), ensure_ascii=False)
+def json_line(letter: DeadLetter, *, repeat_of: str | None = None) -> str:
+    """One dead letter as one line of JSON; `repeat_of`: the first dead letter of the
+    same record, when this one repeats it (see `repeats`)."""
+    return json.dumps({**letter.as_json(), "repeat_of": repeat_of}, ensure_ascii=False)

@@ -226,6 +226,49 @@ async def test_replay_by_reason_takes_only_those(
     assert [(r.key, r.value) for r in _new(before, after)] == [(b"k-a", b"a")]
 
 
+async def test_a_record_dead_lettered_twice_is_marked_and_replayed_once(
+    infra: Any, dead_letters: DeadLetters, topic: str
+) -> None:
+    # As when a consumer dies after the dead letter was acknowledged but before its
+    # offset was committed: the batch comes back and the same record goes again.
+    [twice, once] = await dead_letter(
+        infra, dead_letters, topic, [("k-r", b"r", "invalid_json"), ("k-s", b"s", "invalid_json")]
+    )
+    await dead_letters.send(twice, reason="invalid_json", error="invalid_json in k-r")
+    letters = {(r.key, r.offset): r for r in await read_all(infra, topics.dlq(topic))}
+    [first, repeat] = sorted(
+        (
+            f"{topics.dlq(topic)}:{r.partition}:{r.offset}"
+            for (k, _), r in letters.items()
+            if k == b"k-r"
+        ),
+        key=lambda c: int(c.rsplit(":", 1)[1]),
+    )
+
+    listed = await coinstream(infra, "dlq", "list", "--topic", topic, "--json")
+    assert listed.returncode == 0, listed.stderr
+    repeat_of = {line["coordinates"]: line["repeat_of"] for line in listed.json_lines()}
+    assert repeat_of == {first: None, repeat: first, _coordinates_of(letters, b"k-s"): None}
+    table = await coinstream(infra, "dlq", "list", "--topic", topic)
+    assert f"repeat of {first}" in table.stdout and "1 of them repeat" in table.stdout
+
+    before = await read_all(infra, topic)
+    ran = await coinstream(infra, "dlq", "replay", "--topic", topic, "--all")
+
+    assert ran.returncode == 0, ran.stderr
+    assert f"skipped {repeat}: a repeat of {first}" in ran.stdout
+    copies = sorted((r.key, r.value) for r in _new(before, await read_all(infra, topic)))
+    assert copies == [(b"k-r", b"r"), (b"k-s", b"s")]  # each record once
+    assert once.key == b"k-s"
+
+
+def _coordinates_of(
+    letters: dict[tuple[bytes | None, int], ConsumerRecord[bytes, bytes]], key: bytes
+) -> str:
+    [record] = [r for (k, _), r in letters.items() if k == key]
+    return f"{record.topic}:{record.partition}:{record.offset}"
+
+
 async def test_a_dry_run_publishes_nothing(
     infra: Any, dead_letters: DeadLetters, topic: str
 ) -> None:

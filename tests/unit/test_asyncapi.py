@@ -32,6 +32,7 @@ class StandIn:
     def __getattr__(self, name: str) -> "StandIn":
         return self
 
+
 # Only what `shared.broker.batch_subscription` reads: the routers are never started.
 STAND_IN_SETTINGS = SimpleNamespace(
     group_id="docs",

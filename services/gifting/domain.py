@@ -4,9 +4,9 @@ Pure. The service loads the gifts a batch names and records what `decide` return
 """
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from services.gifting.errors import GiftAnswerMismatchError, UnknownGiftRequestError
 from shared.contracts import GiftDebitAnswered, GiftRejectionReason, GiftRequested
@@ -28,9 +28,11 @@ class GiftRules:
     max_quantity: int
 
 
-@dataclass(frozen=True, slots=True)
-class GiftOrder:
-    """A gift request as recorded: pending (waiting for the wallet), sent or rejected."""
+class GiftOrder(NamedTuple):
+    """A gift request as recorded: pending (waiting for the wallet), sent or rejected.
+
+    A NamedTuple: immutable, and built in C (a frozen dataclass sets each of its twelve
+    fields in Python); a gift builds several (decided, locked, settled)."""
 
     request_id: str
     sender_id: str
@@ -107,7 +109,7 @@ def answer(order: GiftOrder | None, answer: GiftDebitAnswered) -> GiftOrder | No
     reason = None if answer.debited else answer.reason or "invalid_request"
     status: Status = "sent" if reason is None else "rejected"
     if order.status == "pending":
-        return replace(order, status=status, reason=reason)
+        return order._replace(status=status, reason=reason)
     # Priced requests cost coins; one rejected before pricing never went to the wallet.
     if order.coins > 0 and (order.status, order.reason) == (status, reason):
         return None

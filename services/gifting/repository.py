@@ -1,8 +1,8 @@
 """Every SQL statement of the gifting service."""
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 import asyncpg
 
@@ -10,8 +10,7 @@ from services.gifting.domain import Gift, GiftOrder
 from shared.db import Connection
 
 
-@dataclass(frozen=True)
-class Settled:
+class Settled(NamedTuple):
     """A gift request that just got its outcome, and when it had arrived."""
 
     order: GiftOrder

@@ -8,8 +8,7 @@ history); service.py puts them together.
 """
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from services.wallet import domain
 from services.wallet.domain import AccountKind, AccountRef, AccountState, Draft, Entry, Ledger
@@ -26,8 +25,10 @@ Applied = list[tuple[Draft, list[Entry]]]
 """Drafts in the order they were applied, each with the entries it wrote."""
 
 
-@dataclass(frozen=True)
-class LockedAccount:
+class LockedAccount(NamedTuple):
+    """An account this transaction holds locked, as it was read (a NamedTuple, like the
+    ledger's value objects: a batch builds one per account)."""
+
     account_id: int
     balance: int
     frozen: bool

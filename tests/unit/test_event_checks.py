@@ -1,7 +1,6 @@
 """Events are checked against the state a service recorded (pure rules of each service)."""
 
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -148,5 +147,5 @@ def test_gifting_ignores_its_answer_again_and_refuses_another() -> None:
     assert gifting.answer(sent, debit()) is None
     refusal = debit(debited=False, reason="insufficient_coins")
     assert reason_of(gifting.answer, sent, refusal) == "state_mismatch"
-    self_gift = replace(ORDER, status="rejected", reason="self_gift", coins=0)
+    self_gift = ORDER._replace(status="rejected", reason="self_gift", coins=0)
     assert reason_of(gifting.answer, self_gift, debit(coins=None)) == "state_mismatch"

@@ -21,7 +21,6 @@ which `max by (topic, partition)` hides.
 """
 
 import asyncio
-import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -32,7 +31,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-log = logging.getLogger(__name__)
+from shared.retry import every
 
 # Samples kept per partition while it lags; beyond, the newer ones are thinned (the age
 # stays a lower bound, only coarser).
@@ -82,17 +81,11 @@ class ConsumerLag(Collector):
         registry.register(self)
 
     async def run(self) -> None:
-        """Sample every interval until cancelled; a failed tick is logged and skipped."""
-        while True:
-            try:
-                await self.sample()
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # the brokers may be away; the next tick tries again
-                log.warning(
-                    "consumer lag: cannot read offsets (%s: %s)", type(error).__name__, error
-                )
-            await asyncio.sleep(self.interval_s)
+        """Sample every interval until cancelled; a failed tick (the brokers away) is
+        logged and the next one tries again."""
+        await every(
+            self.sample, interval_s=self.interval_s, what="consumer lag: cannot read offsets"
+        )
 
     async def sample(self) -> None:
         values: dict[tuple[str, int], tuple[int, float]] = {}

@@ -70,6 +70,29 @@ async def until_done(
     raise AssertionError("unreachable: AsyncRetrying without stop retries until success")
 
 
+async def every(
+    tick: Callable[[], Awaitable[object]],
+    *,
+    interval_s: float,
+    what: str,
+    failed: Callable[[], object] | None = None,
+) -> None:
+    """Run `tick`, sleep `interval_s`, and again, until cancelled.
+
+    A background sampler (metrics read from Kafka or the database) must outlive an
+    outage: a failure is logged in one line (`<what>: <error>`), `failed` is called, and
+    the next tick tries again.
+    """
+    while True:
+        try:
+            await tick()
+        except Exception as error:
+            if failed is not None:
+                failed()
+            log.warning("%s (%s: %s)", what, type(error).__name__, error)
+        await asyncio.sleep(interval_s)
+
+
 async def drain_forever(
     step: Callable[[], Awaitable[int]], *, interval_s: float, what: str
 ) -> None:

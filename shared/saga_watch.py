@@ -13,8 +13,6 @@ these gauges with `max`, never `sum` (deploy/prometheus/coinstream-rules.yaml do
 read; `coinstream_saga_watch_errors_total` counts ticks that could not read them.
 """
 
-import asyncio
-import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -25,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-log = logging.getLogger(__name__)
+from shared.retry import every
 
 STATEMENT_TIMEOUT_MS: Final = 5000
 
@@ -64,16 +62,14 @@ class SagaWatch(Collector):
         registry.register(self)
 
     async def run(self) -> None:
-        """Read every interval until cancelled; a failed read is counted and logged."""
-        while True:
-            try:
-                await self.sample()
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # the database may be away; the next tick retries
-                self._errors.inc()
-                log.warning("saga watch: cannot read (%s: %s)", type(error).__name__, error)
-            await asyncio.sleep(self.interval_s)
+        """Read every interval until cancelled; a failed read (the database away) is
+        counted and logged, and the next tick tries again."""
+        await every(
+            self.sample,
+            interval_s=self.interval_s,
+            what="saga watch: cannot read",
+            failed=self._errors.inc,
+        )
 
     async def sample(self) -> None:
         values: dict[str, float] = {}

@@ -63,6 +63,7 @@ from benchmarks.common import Outcomes, Published, Request
 from devstack.instances import get_instance, stack_endpoints
 from shared.kafka_admin import ensure_topics
 from shared.kafka_client import KafkaClientSettings
+from shared.settings import ServiceSettings
 
 GIFT_REQUESTED = "ceiling.gift-requested"
 DEBIT_REQUESTED = "ceiling.gift-debit-requested"
@@ -81,6 +82,7 @@ TOPICS = [
     GIFT_REJECTED,
 ]
 PARTITIONS = 6  # as the stack's topics
+FETCH = ServiceSettings.model_construct()  # defaults only: no environment is read
 BATCH = 500  # records per consumed batch and per relay claim, as the services
 CATALOG = {"rose": 1, "panda": 5, "love_bang": 25}  # coins per gift, as the gifting catalog
 MAX_QUANTITY = 3
@@ -495,6 +497,9 @@ async def pinned_consumer(kafka: KafkaClientSettings, topic: str, group: str) ->
         auto_offset_reset="latest",
         max_poll_records=BATCH,
         heartbeat_interval_ms=300,
+        # The services' defaults: the ceiling fetches as they do.
+        fetch_min_bytes=FETCH.consumer_fetch_min_bytes,
+        fetch_max_wait_ms=FETCH.consumer_fetch_max_wait_ms,
     )
     await consumer.start()
     while not consumer.assignment():

@@ -136,6 +136,70 @@ class GroupJoined(ConsumerRebalanceListener):  # type: ignore[misc]
         self.joined = True
 
 
+IDLE_FETCH_MIN_BYTES = 1
+IDLE_FETCH_MAX_WAIT_MS = 500
+"""aiokafka's own defaults: a fetch is answered at the first byte, else after half a
+second. What a consumer asks with while nothing comes (`FetchPacing`)."""
+
+
+class FetchPacing:
+    """How long the broker holds a consumer's fetches: short and for more records while
+    records come, long and for any record once they stop.
+
+    aiokafka sends a broker no new fetch while records fetched from it wait to be
+    consumed, so what one fetch returns is the next batch. Answered at the first byte,
+    under load it returns what little has arrived and batches stay small, each paying a
+    transaction, a commit and a relay batch, until a queue builds up
+    (docs/operations.md, "Fetching under load"). Held until `busy_min_bytes` are there or
+    `busy_max_wait_ms` passed, batches grow with the rate instead. But a consumer with
+    nothing to read would then ask 100 times a second; so once no record has come for
+    `idle_after_s`, it goes back to aiokafka's defaults (twice a second, answered at the
+    first byte), and the first batch after that puts it back to work.
+
+    aiokafka has no public setter: this sets the two attributes its fetcher builds each
+    fetch request from (aiokafka is pinned; tests/unit/test_fetch_pacing.py checks them).
+    """
+
+    def __init__(self, settings: ServiceSettings, idle_after_s: float = 1.0) -> None:
+        self._busy = (settings.consumer_fetch_min_bytes, settings.consumer_fetch_max_wait_ms)
+        self._idle = (IDLE_FETCH_MIN_BYTES, IDLE_FETCH_MAX_WAIT_MS)
+        self._idle_after_s = idle_after_s
+        self._last_records = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._fetcher: Any = None
+
+    @property
+    def busy(self) -> bool:
+        return self._timer is not None
+
+    def records_came(self, consumer: Any) -> None:
+        """A batch arrived: fetch for more records, briefly, until they stop coming."""
+        loop = asyncio.get_running_loop()
+        self._last_records = loop.time()
+        if self._timer is None:
+            self._fetcher = getattr(consumer, "_fetcher", None)
+            self._set(self._busy)
+            self._timer = loop.call_later(self._idle_after_s, self._check_idle)
+
+    def _check_idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        quiet_for = loop.time() - self._last_records
+        if quiet_for < self._idle_after_s:
+            self._timer = loop.call_later(self._idle_after_s - quiet_for, self._check_idle)
+            return
+        self._timer = None
+        self._set(self._idle)
+
+    def _set(self, pacing: tuple[int, int]) -> None:
+        if self._fetcher is not None:
+            self._fetcher._fetch_min_bytes, self._fetcher._fetch_max_wait_ms = pacing
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 def batch_subscription(settings: ServiceSettings) -> dict[str, Any]:
     """Keyword arguments for `subscriber(...)`: the delivery policy every service uses."""
     return {
@@ -145,8 +209,9 @@ def batch_subscription(settings: ServiceSettings) -> dict[str, Any]:
         "auto_offset_reset": "earliest",
         "max_records": settings.consumer_max_records,
         "batch_timeout_ms": settings.consumer_batch_timeout_ms,
-        "fetch_min_bytes": settings.consumer_fetch_min_bytes,
-        "fetch_max_wait_ms": settings.consumer_fetch_max_wait_ms,
+        # Idle until records come; then `FetchPacing` holds fetches for more of them.
+        "fetch_min_bytes": IDLE_FETCH_MIN_BYTES,
+        "fetch_max_wait_ms": IDLE_FETCH_MAX_WAIT_MS,
         # Each replica of a service is one consumer of its group (shared/subscriptions.py);
         # when one joins, the others learn of the rebalance at their next heartbeat.
         # Frequent heartbeats make a (re)start or scale-out take about a second instead

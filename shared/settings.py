@@ -78,8 +78,11 @@ class ServiceSettings(InfraSettings):
     db_pool_max_size: int = Field(default=10, ge=1)
     consumer_max_records: int = Field(default=500, ge=1)
     consumer_batch_timeout_ms: int = Field(default=10, ge=0)
-    consumer_fetch_min_bytes: int = Field(default=1, ge=1)
-    consumer_fetch_max_wait_ms: int = Field(default=500, ge=0)
+    # While records come, the broker holds each fetch until 16 KB are there or 10 ms
+    # passed, so batches grow with the rate; idle, aiokafka's defaults (shared/broker.py,
+    # FetchPacing; docs/operations.md, "Fetching under load").
+    consumer_fetch_min_bytes: int = Field(default=16384, ge=1)
+    consumer_fetch_max_wait_ms: int = Field(default=10, ge=0)
     # Group membership (docs/operations.md, "Stopping and restarting a service"): a
     # replica that dies without leaving keeps its partitions until its session times
     # out; a live one heartbeats every interval and so learns of a rebalance within it.

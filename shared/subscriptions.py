@@ -32,7 +32,7 @@ from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaMessage
 from pydantic import BaseModel
 
-from shared.broker import batch_subscription
+from shared.broker import FetchPacing, batch_subscription
 from shared.consumer import DeadLetters, process
 from shared.settings import ServiceSettings
 
@@ -93,9 +93,11 @@ class Subscriptions(Generic[S]):
         """One batch subscriber for every declared topic, in the service's group."""
         handlers = [(t.topic, t.model, t.use_case(service)) for t in self._topics.values()]
         router = KafkaRouter()
+        pacing = FetchPacing(settings)
 
         async def consume(message: KafkaMessage) -> None:
             records: Records = message.raw_message
+            pacing.records_came(message.consumer)
             for topic, model, use_case in handlers:
                 part = by_topic(records, topic)
                 if part:

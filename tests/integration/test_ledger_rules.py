@@ -197,3 +197,37 @@ async def test_ledger_rows_are_immutable(conn: asyncpg.Connection) -> None:
         await conn.execute("UPDATE ledger_entries SET amount = amount WHERE false")
     async with refused(conn, asyncpg.RaiseError, "immutable"):
         await conn.execute("DELETE FROM ledger_transactions WHERE false")
+
+
+async def test_an_entry_must_name_an_account_and_a_transaction_that_exist(
+    conn: asyncpg.Connection,
+) -> None:
+    """Checked once per statement (migration 0011), as foreign keys did row by row."""
+    user = await account(conn, unique("user"), "user_coins")
+    issuance = await platform(conn, "coin_issuance")
+    issued = await last_balance(conn, issuance)
+    tx_id = await conn.fetchval(
+        "INSERT INTO ledger_transactions (kind, idempotency_key, request_id)"
+        " VALUES ('purchase', $1, 'r') RETURNING tx_id",
+        unique("key"),
+    )
+    nowhere = int(await conn.fetchval("SELECT max(account_id) + 1000 FROM accounts"))
+    entries = (
+        "INSERT INTO ledger_entries (tx_id, account_id, amount, balance_after, counter_account_id)"
+        " VALUES ($1, $2, 70, 70, $4), ($1, $3, -70, $5, $2)"
+    )
+    async with refused(conn, asyncpg.ForeignKeyViolationError, "1 account"):
+        await conn.execute(entries, tx_id, nowhere, issuance, issuance, issued - 70)
+    async with refused(conn, asyncpg.ForeignKeyViolationError, "1 account"):
+        await conn.execute(entries, tx_id, user, issuance, nowhere, issued - 70)
+    async with refused(conn, asyncpg.ForeignKeyViolationError, "1 transaction"):
+        await conn.execute(entries, tx_id + 1000, user, issuance, issuance, issued - 70)
+    await conn.execute(entries, tx_id, user, issuance, issuance, issued - 70)  # all exist
+
+
+async def test_accounts_are_never_deleted(conn: asyncpg.Connection) -> None:
+    await account(conn, unique("user"), "user_coins")
+    async with refused(conn, asyncpg.RaiseError, "never deleted"):
+        await conn.execute("DELETE FROM accounts WHERE false")
+    async with refused(conn, asyncpg.RaiseError, "never deleted"):
+        await conn.execute("TRUNCATE accounts CASCADE")

@@ -176,9 +176,11 @@ class FetchPacing:
         """A batch arrived: fetch for more records, briefly, until they stop coming."""
         loop = asyncio.get_running_loop()
         self._last_records = loop.time()
-        if self._timer is None:
-            self._fetcher = getattr(consumer, "_fetcher", None)
+        fetcher = getattr(consumer, "_fetcher", None)
+        if self._timer is None or fetcher is not self._fetcher:  # (a restarted consumer)
+            self._fetcher = fetcher
             self._set(self._busy)
+        if self._timer is None:
             self._timer = loop.call_later(self._idle_after_s, self._check_idle)
 
     def _check_idle(self) -> None:

@@ -60,3 +60,13 @@ async def test_a_consumer_without_a_fetcher_is_left_alone() -> None:
     pacing.records_came(SimpleNamespace(_fetcher=None))
     await asyncio.sleep(0.1)
     assert not pacing.busy
+
+
+async def test_a_consumer_started_again_is_paced_from_its_first_batch() -> None:
+    """A new aiokafka fetcher (the consumer was stopped and started) gets the busy pacing
+    at once, not after the next quiet second."""
+    pacing, first, second = FetchPacing(ServiceSettings.model_construct()), consumer(), consumer()
+    pacing.records_came(first)
+    pacing.records_came(second)
+    assert pacing_of(first) == BUSY and pacing_of(second) == BUSY
+    pacing.stop()

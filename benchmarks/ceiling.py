@@ -652,11 +652,19 @@ async def start_worker(role: str, run: str, mode: str) -> asyncio.subprocess.Pro
 
 
 async def stop_worker(process: asyncio.subprocess.Process) -> float:
-    """SIGTERM, then the worker's CPU seconds from its last line."""
+    """SIGTERM, then the worker's CPU seconds from its last line. A worker that has not
+    exited 30 s later is killed and its CPU is unknown (NaN); the run's figures, taken
+    before, stand."""
     assert process.stdout is not None
     if process.returncode is None:
         process.send_signal(signal.SIGTERM)
-    out = (await asyncio.wait_for(process.stdout.read(), 30)).decode().split()
+    try:
+        out = (await asyncio.wait_for(process.stdout.read(), 30)).decode().split()
+    except TimeoutError:
+        print("ceiling: a worker did not stop 30 s after SIGTERM; killed", file=sys.stderr)
+        process.kill()
+        await process.wait()
+        return float("nan")
     await process.wait()
     return float(out[out.index("cpu") + 1]) if "cpu" in out else float("nan")
 

@@ -1,19 +1,22 @@
 """Benchmark: coinstream's gift saga next to its ceiling, in one run, as one table.
 
-Runs, back to back on the running stack (`make up`), in pairs so both sides of a
-comparison see the same machine: the ceiling (`benchmarks.ceiling`, relay mode) and
-coinstream (`benchmarks.gifts`) unpaced; the ceiling in direct mode unpaced; both paced
-at half the ceiling's unpaced relay-mode throughput; both unpaced with every gift to one
-creator. Then one table (throughput end to end, request -> gift-sent p50 / p99, the
-load average seen) and the issue's targets as ratios, since machines differ:
+First a fifth of the gifts through each system, not measured (a broker just started is
+slow until its JVM has compiled its hot paths). Then, back to back on the running stack
+(`make up`), in pairs so both sides of a comparison see the same machine: the ceiling
+(`benchmarks.ceiling`, relay mode) and coinstream (`benchmarks.gifts`) unpaced; the
+ceiling in direct mode unpaced; both paced at half the ceiling's unpaced relay-mode
+throughput; both unpaced with every gift to one creator. Then one table (throughput end
+to end, request -> gift-sent p50 / p99, the load average seen) and the issue's targets
+as ratios, since machines differ:
 
 - coinstream's unpaced gifts/s >= 70% of the ceiling's (relay mode);
 - at half the ceiling's unpaced throughput, coinstream keeps up (>= 95% of the offered
   rate end to end) with p99 request -> gift-sent within 2x the ceiling's p99;
 - coinstream's hot-creator run within 20% of its spread run;
-- coinstream with two replicas each of gifting and the wallet no slower than with one
-  (the second replicas are started for that run and stopped after it; CPU per gift is
-  then both replicas' together).
+- coinstream with two replicas each of gifting and the wallet no slower than with one,
+  measured right before it (the stack slows as its tables grow; the second replicas are
+  started for that run and stopped after it; CPU per gift is then both replicas'
+  together).
 
 Run: `make bench` or `python -m benchmarks.compare --count 10000`.
 """
@@ -125,6 +128,16 @@ async def second_replicas(services: Iterable[str] = _SERVICES) -> AsyncIterator[
             await stop_service(instance, service, replica=1)
 
 
+async def warm_up(args: argparse.Namespace) -> None:
+    """A fifth of the gifts through each system, not measured: a broker just started
+    runs its first minutes at a fraction of its speed while the JVM compiles its hot
+    paths (docs/benchmarks.md, "What the state of the stack does")."""
+    count = max(args.count // 5, 1_000)
+    await ceiling.measure(count, timeout_s=args.timeout)
+    await gifts.measure(count, timeout_s=args.timeout)
+    print(f"warmed up: {count:,} gifts through each system, not measured", flush=True)
+
+
 def table(rows: list[Row]) -> str:
     head = [
         "run",
@@ -150,6 +163,7 @@ async def main() -> None:
     parser.add_argument("--count", type=gifts.positive, default=10_000)
     parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args()
+    await warm_up(args)
     rows = [
         await _ceiling("unpaced", args),
         await _coinstream("unpaced", args),
@@ -163,9 +177,12 @@ async def main() -> None:
         await _ceiling("hot creator", args, creators=1),
         await _coinstream("hot creator", args, creators=1),
     ]
+    # The stack slows as its tables grow: two replicas are compared with one replica
+    # measured just before them, not with the first row.
+    rows.append(await _coinstream("one replica, again", args))
     async with second_replicas():
         rows.append(await _coinstream("two replicas", args))
-    ceiling_paced, coinstream_paced, _, coinstream_hot, coinstream_two = rows[3:]
+    ceiling_paced, coinstream_paced, _, coinstream_hot, coinstream_one, coinstream_two = rows[3:]
     print()
     print(table(rows))
     print()
@@ -184,9 +201,10 @@ async def main() -> None:
         f"hot creator: coinstream {hot:.0%} of its spread run (target >= 80%): "
         f"{verdict(hot >= 0.8)}"
     )
-    two = coinstream_two.throughput / coinstream.throughput
+    two = coinstream_two.throughput / coinstream_one.throughput
     print(
-        f"two replicas: coinstream {two:.0%} of one replica's throughput (target >= 100%): "
+        f"two replicas: coinstream {two:.0%} of one replica's throughput just before "
+        f"(target >= 100%): "
         f"{verdict(two >= 1.0)}"
     )
 

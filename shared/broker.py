@@ -150,8 +150,9 @@ class FetchPacing:
     consumed, so what one fetch returns is the next batch. Answered at the first byte,
     under load it returns what little has arrived and batches stay small, each paying a
     transaction, a commit and a relay batch, until a queue builds up
-    (docs/operations.md, "Fetching under load"). Held until `busy_min_bytes` are there or
-    `busy_max_wait_ms` passed, batches grow with the rate instead. But a consumer with
+    (docs/operations.md, "Fetching under load"). Held until `CONSUMER_FETCH_MIN_BYTES`
+    are there or `CONSUMER_FETCH_MAX_WAIT_MS` passed, batches grow with the rate
+    instead. But a consumer with
     nothing to read would then ask 100 times a second; so once no record has come for
     `idle_after_s`, it goes back to aiokafka's defaults (twice a second, answered at the
     first byte), and the first batch after that puts it back to work.

@@ -11,6 +11,7 @@ keep their order.
 """
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
@@ -146,40 +147,50 @@ class _Claim:
     rows: list[asyncpg.Record]
     pending: int  # shards that had unpublished rows
     taken: int  # of which this batch holds (the others: past its share, or another's)
+    full: bool  # a shard gave the batch its whole quota: it may have more
 
 
-_CLAIM = """
+_TAKE_SHARDS = """
 WITH turn AS MATERIALIZED (
     -- Shared with every relay of this version, exclusive for a relay of the version
     -- before shards (one batch per schema): during a rolling upgrade the two never
     -- publish at the same time.
-    SELECT pg_try_advisory_xact_lock_shared(hashtext($2)) AS ours
+    SELECT pg_try_advisory_xact_lock_shared(hashtext($1)) AS ours
 ), pending AS MATERIALIZED (
+    -- One probe per shard, each stopping at its first unpublished row: a scalar subquery
+    -- with LIMIT is never turned into a join, so the cost does not grow with the backlog
+    -- (as EXISTS did once the planner, seeing an empty queue in its statistics, chose to
+    -- hash every unpublished row for each claim).
     SELECT s.n AS shard FROM generate_series(0, outbox_shards() - 1) AS s(n)
-    WHERE EXISTS (SELECT FROM outbox WHERE shard = s.n AND published_at IS NULL)
-    ORDER BY (s.n + $4) % outbox_shards()
+    WHERE (SELECT true FROM outbox WHERE shard = s.n AND published_at IS NULL LIMIT 1)
+    ORDER BY (s.n + $3) % outbox_shards()
 ), mine AS MATERIALIZED (
     -- Evaluated row by row until the share is reached: shards another relay holds are
-    -- skipped, and the lock is taken on at most $5 shards.
+    -- skipped, and the lock is taken on at most $4 shards.
     SELECT shard FROM pending, turn
-    WHERE turn.ours AND pg_try_advisory_xact_lock(hashtext($3), shard)
-    LIMIT $5
+    WHERE turn.ours AND pg_try_advisory_xact_lock(hashtext($2), shard)
+    LIMIT $4
 )
-SELECT (SELECT count(*) FROM pending) AS pending, (SELECT count(*) FROM mine) AS taken,
-       o.id, o.topic, o.key, o.event_id, o.payload, o.headers, o.age_s
-FROM (SELECT 1) AS one
-LEFT JOIN LATERAL (
-    -- FOR UPDATE reads each row's latest version: a relay that held one of these shards
-    -- may have marked its rows and let go after this statement's snapshot was taken.
-    -- Nothing else locks unpublished rows, so it never waits (and SKIP LOCKED would put
-    -- a key's later rows before a skipped one).
-    SELECT id, topic, key, event_id, payload, headers::text AS headers,
-           extract(epoch FROM clock_timestamp() - created_at) AS age_s
-    FROM outbox
-    WHERE shard IN (SELECT shard FROM mine) AND published_at IS NULL
-    ORDER BY id LIMIT $1
-    FOR UPDATE
-) AS o ON true
+SELECT (SELECT count(*) FROM pending) AS pending,
+       coalesce((SELECT array_agg(shard) FROM mine), '{}') AS mine
+"""
+
+_TAKE_ROWS = """
+-- A statement of its own, after the shards' locks are held: its snapshot sees every
+-- mark a relay that held one of them committed before letting go (a lock is released
+-- after its transaction's commit is visible), so no row is taken twice and none needs
+-- a row lock. Each shard's oldest rows, at most $2 of each (the batch's quota per
+-- shard), walking the shard's index in id order: a prefix of each shard, so every key's
+-- events go out in order.
+SELECT o.id, o.shard, o.topic, o.key, o.event_id, o.payload, o.headers::text AS headers,
+       extract(epoch FROM clock_timestamp() - o.created_at) AS age_s
+FROM unnest($1::smallint[]) AS m(shard)
+CROSS JOIN LATERAL (
+    SELECT * FROM outbox
+    WHERE shard = m.shard AND published_at IS NULL
+    ORDER BY id LIMIT $2
+) AS o
+ORDER BY o.id
 """
 
 _PRESENT = """
@@ -199,10 +210,12 @@ class OutboxRelay:
     Several replicas may run a relay on the same schema, and they publish at once. A
     batch holds the shards it claims from with a transaction-scoped advisory lock each
     (`pg_try_advisory_xact_lock(hashtext('outbox:<schema>'), shard)`), skipping shards
-    another relay holds, and claims their oldest unpublished rows in id order. Every
-    event of a key is in one shard, a shard is in one batch at a time, and a batch marks
-    its rows before its locks go: each key's events go out in order whichever relays
-    publish them. A relay that dies mid-batch loses its locks with its transaction.
+    another relay holds, then, in a second statement, takes each shard's oldest
+    unpublished rows in id order, an equal quota of the batch from each. Every event of
+    a key is in one shard, a shard is in one batch at a time, and a batch marks its rows
+    before its locks go: each key's events go out in order whichever relays publish
+    them. A relay that dies mid-batch loses its locks with its transaction. What a claim
+    costs depends on the batch, not on the backlog behind it.
 
     Each batch takes about its share of the shards with work: all of them for a relay
     alone, half of them with two relays (they count each other in `outbox_relays`),
@@ -293,7 +306,7 @@ class OutboxRelay:
                 )
         # Shards with work left: past this relay's share (go on at once) or held by
         # another relay (which goes on after its batch; looked at again soon anyway).
-        self._more = len(rows) == self._batch_size or claim.taken < claim.pending
+        self._more = claim.full or claim.taken < claim.pending
         self._contended = claim.taken < claim.pending and not rows
         if rows:
             self._metrics.batches.inc()
@@ -305,17 +318,22 @@ class OutboxRelay:
     async def _claim(self, conn: Connection) -> _Claim:
         self._turn += 1
         share = self._share
-        found = await conn.fetch(
-            _CLAIM,
-            self._batch_size,
+        taken = await conn.fetchrow(
+            _TAKE_SHARDS,
             f"outbox:{self._schema}",
             f"outbox-shards:{self._schema}",
             self._turn * (share or 1) % 65536,  # where this batch starts, mod the shards
             share,
         )
-        first = found[0]
-        rows = [row for row in found if row["id"] is not None]
-        return _Claim(rows, int(first["pending"]), int(first["taken"]))
+        assert taken is not None
+        shards: list[int] = taken["mine"]
+        if not shards:
+            return _Claim([], int(taken["pending"]), 0, full=False)
+        quota = math.ceil(self._batch_size / len(shards))
+        rows = await conn.fetch(_TAKE_ROWS, shards, quota)
+        per_shard = collections.Counter(row["shard"] for row in rows)
+        full = any(count == quota for count in per_shard.values())
+        return _Claim(rows, int(taken["pending"]), len(shards), full=full)
 
     async def _present_if_due(self) -> None:
         """Say this relay is at work and take its share: the shards over the relays seen."""

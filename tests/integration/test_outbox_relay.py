@@ -221,6 +221,52 @@ async def test_three_relays_publish_every_row_once_each_key_in_order_in_partitio
     assert rows / batches >= 5, (rows, batches, relay_batches)
 
 
+@pytest.mark.parametrize("statistics", ["taken when every row was published", "up to date"])
+async def test_a_claim_reads_its_batch_not_the_backlog(
+    database_url: str, schema: str, statistics: str
+) -> None:
+    """20,000 unpublished rows behind a batch: the claim's statements read the batch and
+    one row per shard, whatever the planner believes about the queue. (Statistics taken
+    when every row was published once made each claim hash the whole backlog: 17,000
+    rows read for a batch of 500 on a stack under load.)"""
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
+    try:
+        if statistics != "up to date":
+            await add_rows(database_url, schema, "relay.read", rows=20_000, keys=1_000)
+            await conn.execute("UPDATE outbox SET published_at = now(); ANALYZE outbox")
+        await add_rows(database_url, schema, "relay.read", rows=20_000, keys=1_000)
+        if statistics == "up to date":
+            await conn.execute("ANALYZE outbox")
+        async with conn.transaction():
+            shards_plan = await _explain(
+                conn, outbox._TAKE_SHARDS, "outbox:x", "outbox-shards:x", 0, None
+            )
+            # Again, for its result: the session holds the shards' locks already.
+            taken = await conn.fetchrow(outbox._TAKE_SHARDS, "outbox:x", "outbox-shards:x", 0, None)
+            assert taken is not None
+            mine = taken["mine"]
+            rows_plan = await _explain(conn, outbox._TAKE_ROWS, mine, 32)
+    finally:
+        await conn.close()
+    assert len(mine) == 16  # every shard has work, and one relay takes them all
+    assert _rows_read(shards_plan) <= 16  # one probe per shard, each stopping at a row
+    assert _rows_read(rows_plan) == 16 * 32  # each shard's quota, and nothing more
+
+
+async def _explain(conn: asyncpg.Connection, sql: str, *args: Any) -> dict[str, Any]:
+    found = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", *args)
+    plan: dict[str, Any] = json.loads(found)[0]["Plan"]
+    return plan
+
+
+def _rows_read(plan: dict[str, Any]) -> float:
+    """Rows the plan's scans of the outbox returned, over all their loops."""
+    own = 0.0
+    if plan.get("Relation Name") == "outbox":
+        own = plan["Actual Rows"] * plan["Actual Loops"]
+    return own + sum(_rows_read(child) for child in plan.get("Plans", []))
+
+
 async def test_two_relays_publish_different_shards_at_the_same_time(
     infra: Any, database_url: str, schema: str
 ) -> None:

@@ -677,19 +677,22 @@ async def measure(
     senders: int = 2_000,
     creators: int = 5,
     timeout_s: float = 300,
+    replicas: int = 1,
 ) -> CeilingRun:
-    """One ceiling run: set up, start the workers, send, wait for every outcome, tear down."""
+    """One ceiling run: set up, start the workers (`replicas` of each, sharing their
+    consumer groups' partitions), send, wait for every outcome, tear down."""
     endpoints = stack_endpoints(get_instance("default"))
     kafka = endpoints.kafka()  # the operator: creates its topics, reads and writes them
     await ensure_topics(kafka, partitions=PARTITIONS, replication_factor=1, topics=TOPICS)
     run = common.run_id()
     result = CeilingRun(count=count)
     conn = await asyncpg.connect(endpoints.database())
-    workers: dict[str, asyncio.subprocess.Process] = {}
+    workers: dict[str, list[asyncio.subprocess.Process]] = {"gifting": [], "wallet": []}
     try:
         await create_schemas(conn, run, senders, creators)
-        for role in ("gifting", "wallet"):
-            workers[role] = await start_worker(role, run, mode)
+        for role, processes in workers.items():
+            for _ in range(replicas):
+                processes.append(await start_worker(role, run, mode))
         batch = requests(count, senders, creators, run)
         producer = common.producer(kafka)
         await producer.start()
@@ -706,8 +709,8 @@ async def measure(
             await listener.stop()
             await producer.stop()
     finally:
-        for role, process in workers.items():
-            result.cpu[role] = await stop_worker(process)
+        for role, processes in workers.items():
+            result.cpu[role] = sum([await stop_worker(process) for process in processes])
         await conn.execute(
             f"DROP SCHEMA IF EXISTS ceiling_{run}_gifting CASCADE;"
             f"DROP SCHEMA IF EXISTS ceiling_{run}_wallet CASCADE"
@@ -716,8 +719,9 @@ async def measure(
     return result
 
 
-def report(result: CeilingRun, rate: float, mode: str) -> None:
-    print(f"ceiling:          {mode} mode, plain aiokafka + asyncpg, one process per hop owner")
+def report(result: CeilingRun, rate: float, mode: str, replicas: int = 1) -> None:
+    processes = "one process" if replicas == 1 else f"{replicas} processes"
+    print(f"ceiling:          {mode} mode, plain aiokafka + asyncpg, {processes} per hop owner")
     print(f"gifts:            {result.count} (offered rate: {rate or 'as fast as possible'}/s)")
     print(f"elapsed:          {result.elapsed:.2f} s (first request -> last outcome)")
     print(f"throughput:       {result.throughput:,.0f} gifts/s end to end")
@@ -742,6 +746,7 @@ async def main() -> None:
     parser.add_argument("--creators", type=positive, default=5)
     parser.add_argument("--hot-creator", action="store_true", help="every gift to one creator")
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--replicas", type=positive, default=1, help="worker processes per hop")
     parser.add_argument("--worker", choices=["gifting", "wallet"], help=argparse.SUPPRESS)
     parser.add_argument("--run-id", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -757,8 +762,9 @@ async def main() -> None:
         senders=args.senders,
         creators=creators,
         timeout_s=args.timeout,
+        replicas=args.replicas,
     )
-    report(result, args.rate, args.mode)
+    report(result, args.rate, args.mode, args.replicas)
     print(f"creators:         {creators}{' (hot creator)' if args.hot_creator else ''}")
     print(f"load average:     {' / '.join(f'{x:.1f}' for x in os.getloadavg())} (1 / 5 / 15 min)")
 

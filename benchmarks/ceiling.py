@@ -41,6 +41,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -512,6 +513,9 @@ async def pinned_consumer(kafka: KafkaClientSettings, topic: str, group: str) ->
 async def worker(role: str, schema: str, mode: str, run: str) -> None:
     """One of the two processes; says `ready` once its consumers are placed, runs until
     SIGTERM, then prints its CPU seconds and how many rows it published."""
+    # Each further worker of a hop joins its groups while the first heartbeats: aiokafka
+    # warns of the rebalance, which is expected here and not worth a line per group.
+    logging.getLogger("aiokafka.consumer.group_coordinator").setLevel(logging.ERROR)
     endpoints = stack_endpoints(get_instance("default"))
     kafka = endpoints.kafka()
     stop = asyncio.Event()

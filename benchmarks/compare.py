@@ -1,7 +1,8 @@
 """Benchmark: coinstream's gift saga next to its ceiling, in one run, as one table.
 
 First a fifth of the gifts through each system, not measured (a broker just started is
-slow until its JVM has compiled its hot paths). Then, back to back on the running stack
+slow until its JVM has compiled its hot paths), then a wait until the machine is quiet
+again. Then, back to back on the running stack
 (`make up`), in pairs so both sides of a comparison see the same machine: the ceiling
 (`benchmarks.ceiling`, relay mode) and coinstream (`benchmarks.gifts`) unpaced; the
 ceiling in direct mode unpaced; both paced at half the ceiling's unpaced relay-mode
@@ -25,6 +26,7 @@ Run: `make bench` or `python -m benchmarks.compare --count 10000`.
 """
 
 import argparse
+import asyncio
 import os
 import statistics
 from collections.abc import AsyncIterator, Iterable
@@ -144,7 +146,37 @@ async def warm_up(args: argparse.Namespace) -> None:
     count = max(args.count // 5, 1_000)
     await ceiling.measure(count, timeout_s=args.timeout)
     await gifts.measure(count, timeout_s=args.timeout)
-    print(f"warmed up: {count:,} gifts through each system, not measured", flush=True)
+    settled_s = await settle()
+    print(
+        f"warmed up: {count:,} gifts through each system, not measured; "
+        f"the machine settled {settled_s:.0f} s later",
+        flush=True,
+    )
+
+
+async def settle(busy_below: float = 0.3, max_s: float = 60.0) -> float:
+    """Wait until the machine's CPUs are less than `busy_below` busy over a second (what
+    a burst leaves behind, autovacuum and the like, is done) or `max_s` passed; returns
+    the seconds waited. The first measured run after the warm-up was a third slower than
+    the same run later without it."""
+    waited = 0.0
+    while waited < max_s:
+        before = _cpu_times()
+        await asyncio.sleep(1.0)
+        waited += 1.0
+        after = _cpu_times()
+        busy = (after[0] - before[0]) / max(after[1] - before[1], 1)
+        if busy < busy_below:
+            break
+    return waited
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs, from /proc/stat."""
+    with open("/proc/stat") as stat:
+        fields = [int(x) for x in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def table(rows: list[Row]) -> str:

@@ -323,13 +323,14 @@ class OutboxRelay:
             f"outbox:{self._schema}",
             f"outbox-shards:{self._schema}",
             self._turn * (share or 1) % 65536,  # where this batch starts, mod the shards
-            share,
+            # At most one shard per row of the batch, so each gets a row at least.
+            min(share or self._batch_size, self._batch_size),
         )
         assert taken is not None
         shards: list[int] = taken["mine"]
         if not shards:
             return _Claim([], int(taken["pending"]), 0, full=False)
-        quota = math.ceil(self._batch_size / len(shards))
+        quota = self._batch_size // len(shards)  # the batch never holds more than its size
         rows = await conn.fetch(_TAKE_ROWS, shards, quota)
         per_shard = collections.Counter(row["shard"] for row in rows)
         full = any(count == quota for count in per_shard.values())

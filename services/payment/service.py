@@ -57,6 +57,12 @@ class PaymentMetrics:
             "Purchases pending past reconcile_after_s: the provider may have charged them",
             registry=registry,
         )
+        self.reconciled_at = Gauge(
+            "coinstream_purchases_reconciled_timestamp_seconds",
+            "When this replica last finished a reconciliation pass (Unix time; 0: never): "
+            "coinstream_purchases_in_doubt is as of then",
+            registry=registry,
+        )
         self.unknown = Counter(
             "coinstream_purchase_provider_unknown",
             "Charges whose answer was lost (timeouts, unreachable), left to reconciliation",
@@ -282,6 +288,7 @@ class PaymentService:
         self._metrics.in_doubt.set(
             await self._repository.count_in_doubt(self._db.pool, stale_before=stale_before)
         )
+        self._metrics.reconciled_at.set_to_current_time()  # CoinstreamWatchStale reads it
         for purchase in settled:
             self._metrics.reconciled.labels(purchase.reason or purchase.status).inc()
         self._metrics.reconciled.labels("still_unknown").inc(len(unknown))

@@ -1,5 +1,7 @@
 """The payment service against real Kafka and PostgreSQL: outcomes and idempotency."""
 
+import re
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -236,6 +238,11 @@ async def test_a_charge_whose_answer_is_lost_stays_pending_then_completes_once(
     metrics = (await payment.get("/metrics")).text
     assert 'coinstream_purchases_reconciled_total{outcome="completed"}' in metrics
     assert "coinstream_purchases_in_doubt " in metrics
+    # A pass finished: the stale-gauge alert reads when (a float, not the initial 0.0).
+    reconciled_at = re.search(
+        r"^coinstream_purchases_reconciled_timestamp_seconds (\S+)$", metrics, re.M
+    )
+    assert reconciled_at is not None and float(reconciled_at.group(1)) > time.time() - 60
 
 
 async def test_a_provider_that_is_down_ends_as_provider_unavailable(

@@ -171,14 +171,15 @@ def test_the_names_are_metric_names() -> None:
 
 def test_the_chart_ships_the_same_rules_and_dashboard_for_its_jobs(tmp_path: Path) -> None:
     """metrics.prometheusRule / metrics.grafanaDashboard: the committed files (the chart's
-    files/ links to them), their job selector narrowed to the release's Services."""
+    files/ links to them), their job selector narrowed to the release's Services: the
+    four services' and the reconciliation watcher's (its gauges feed two alerts)."""
     kubernetes = pytest.importorskip("tests.unit.test_kubernetes")
     out = kubernetes.template(
         None, "metrics.prometheusRule.enabled=true", "metrics.grafanaDashboard.enabled=true"
     )
     assert out.returncode == 0, out.stderr
     objects = [doc for doc in yaml.safe_load_all(out.stdout) if doc]
-    jobs = "rel-coinstream-(payment|wallet|gifting|payout)"
+    jobs = "rel-coinstream-(payment|wallet|gifting|payout|reconcile)"
     services = [o["metadata"]["name"] for o in objects if o["kind"] == "Service"]
     assert services and all(re.fullmatch(jobs, name) for name in services), services
 

@@ -257,6 +257,11 @@ def _check_service_monitor(monitor: Manifest) -> None:
     assert monitor["kind"] == "ServiceMonitor"
     assert set(monitor["spec"]) == {"selector", "endpoints"}
     (endpoint,) = monitor["spec"]["endpoints"]
+    if monitor["metadata"]["labels"]["app.kubernetes.io/component"] == "reconcile":
+        # The watcher's gauges (counts by check) are served without a token; its
+        # NetworkPolicy lets only networkPolicy.ingressFrom reach them.
+        assert set(endpoint) == {"port", "path", "interval"}
+        return
     assert set(endpoint) == {"port", "path", "interval", "authorization"}
     assert endpoint["authorization"]["type"] == "Bearer"
     assert set(endpoint["authorization"]["credentials"]) == {"name", "key"}
@@ -297,7 +302,8 @@ def test_every_rendered_object_is_valid(case: Path | None, kube: str) -> None:
 def test_each_service_runs_as_docs_deploy_md_says(case: Path | None) -> None:
     objects, values = rendered(case), values_of(case)
     names = enabled_services(values)
-    assert len(find(objects, "Deployment")) == len(names)
+    watcher = values["reconcile"]["enabled"]  # the reconciliation watcher's, below
+    assert len(find(objects, "Deployment")) == len(names) + watcher
     for name in names:
         own = service_values(values, name)
         deployment = one(objects, "Deployment", f"rel-coinstream-{name}")
@@ -323,6 +329,55 @@ def test_each_service_runs_as_docs_deploy_md_says(case: Path | None) -> None:
             one(objects, "PodDisruptionBudget", f"rel-coinstream-{name}")["spec"]["maxUnavailable"]
             == 1
         )
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_the_reconciliation_watcher_reads_as_the_read_only_role_and_feeds_the_alerts(
+    case: Path | None,
+) -> None:
+    """`coinstream reconcile --watch` runs beside the services: one pod, as the
+    read-only role, its gauges on a port Prometheus scrapes, reaching PostgreSQL and
+    nothing else; the providers' books it cannot read (Stripe's) are not compared."""
+    objects, values = rendered(case), values_of(case)
+    own = values["reconcile"]
+    if not own["enabled"]:
+        assert not [o for o in objects if o["metadata"]["name"] == "rel-coinstream-reconcile"]
+        return
+    deployment = one(objects, "Deployment", "rel-coinstream-reconcile")
+    assert deployment["spec"]["replicas"] == 1
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    command = container["command"]
+    assert command[:3] == ["coinstream", "reconcile", "--watch"]
+    assert f"--interval={own['intervalSeconds']}" in command
+    assert f"--metrics-port={own['metricsPort']}" in command
+    assert "--metrics-host=0.0.0.0" in command
+    for books, service in (("card", "payment"), ("bank", "payout")):
+        stripe = service_values(values, service).get("stripe")
+        assert f"--{books}={'none' if stripe else 'simulated'}" in command
+    assert container["ports"] == [
+        {"name": "metrics", "containerPort": own["metricsPort"], "protocol": "TCP"}
+    ]
+    assert container["livenessProbe"]["tcpSocket"] == {"port": "metrics"}
+    env = _env(container)
+    assert set(env) == {"DATABASE_URL"}  # no Kafka, no keys: it only reads the database
+    assert urlsplit(env["DATABASE_URL"]).username == own["databaseRole"] == "coinstream_reader"
+    _check_hardening(pod)
+    _check_selects(objects, "Service", "reconcile", deployment)
+    (port,) = one(objects, "Service", "rel-coinstream-reconcile")["spec"]["ports"]
+    assert (port["port"], port["targetPort"]) == (own["metricsPort"], "metrics")
+    if values["networkPolicy"]["enabled"]:
+        policy = one(objects, "NetworkPolicy", "rel-coinstream-reconcile")
+        _check_selects_pods(policy, deployment)
+        (ingress,) = policy["spec"]["ingress"]
+        assert ingress["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+        assert ingress["from"] == values["networkPolicy"]["ingressFrom"]
+        ports = [{p["port"] for p in rule["ports"]} for rule in policy["spec"]["egress"]]
+        extra = [{p["port"] for p in r["ports"]} for r in values["networkPolicy"]["extraEgress"]]
+        assert ports == [{53}, set(values["networkPolicy"]["postgres"]["ports"]), *extra]
+    if values["metrics"]["serviceMonitor"]["enabled"]:
+        monitor = one(objects, "ServiceMonitor", "rel-coinstream-reconcile")
+        assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
 
 
 def _check_probes(container: dict[str, Any]) -> None:

@@ -136,7 +136,8 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 
 {{/* NetworkPolicy egress: DNS, Kafka, PostgreSQL, optionally HTTPS, then extraEgress.
-     Argument: (list $ <needs HTTPS>). */}}
+     Argument: (list $ <needs HTTPS>), or (list $ <needs HTTPS> <needs Kafka>) for a
+     pod that never talks to Kafka (the reconciliation watcher). */}}
 {{- define "coinstream.egress" -}}
 {{- $root := index . 0 -}}
 {{- $np := $root.Values.networkPolicy -}}
@@ -147,6 +148,7 @@ app.kubernetes.io/component: {{ index . 1 }}
   to:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- if or (lt (len .) 3) (index . 2) }}
 - ports:
     {{- range $np.kafka.ports }}
     - {port: {{ . }}, protocol: TCP}
@@ -155,6 +157,7 @@ app.kubernetes.io/component: {{ index . 1 }}
   to:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end }}
 - ports:
     {{- range $np.postgres.ports }}
     - {port: {{ . }}, protocol: TCP}

@@ -193,6 +193,21 @@ CROSS JOIN LATERAL (
 ORDER BY o.id
 """
 
+_PURGE_CHUNK = """
+WITH turn AS MATERIALIZED (
+    SELECT pg_try_advisory_xact_lock(hashtext($2)) AS ours
+), gone AS (
+    -- Oldest first, through the index on published_at.
+    DELETE FROM outbox WHERE id IN (
+        SELECT id FROM outbox, turn
+        WHERE turn.ours AND published_at < now() - interval '1 day'
+        ORDER BY published_at LIMIT $1
+    )
+    RETURNING 1
+)
+SELECT (SELECT ours FROM turn) AS ours, (SELECT count(*) FROM gone) AS deleted
+"""
+
 _PRESENT = """
 WITH me AS (
     INSERT INTO outbox_relays (relay) VALUES ($1)
@@ -227,6 +242,7 @@ class OutboxRelay:
     """
 
     PURGE_EVERY_S = 300.0  # published rows are kept a day for operators, then deleted
+    PURGE_CHUNK = 5_000  # rows per DELETE: a day's worth goes in short statements
     PRESENT_EVERY_S = 2.0  # how often a relay says it is at work and counts the others
     GONE_AFTER_S = 6.0  # a relay not seen for this long is not counted
     CONTENDED_RETRY_S = 0.02  # shards with work all held by others: look again this soon
@@ -256,6 +272,7 @@ class OutboxRelay:
         self._poll_interval_s = poll_interval_s
         self._wakeup = asyncio.Event()
         self._last_purge = 0.0
+        self._purging: asyncio.Task[int] | None = None
         self._name = uuid.uuid4().hex
         self._share: int | None = None  # shards per batch; None: all (before counting)
         self._last_present = -math.inf
@@ -371,9 +388,10 @@ class OutboxRelay:
         try:
             await self._relay_forever()
         finally:
-            if listening is not None:
-                listening.cancel()
-                await asyncio.gather(listening, return_exceptions=True)
+            background = [t for t in (listening, self._purging) if t is not None]
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await asyncio.shield(self._absent())
 
     def _wake(self, *_: object) -> None:
@@ -474,16 +492,43 @@ class OutboxRelay:
             await asyncio.wait_for(self._wakeup.wait(), timeout=timeout_s)
 
     async def _purge_if_due(self) -> None:
+        """Start a purge beside the relay every PURGE_EVERY_S (a day's rows take many
+        chunks, and publishing must not wait for them)."""
         now = asyncio.get_running_loop().time()
         if now - self._last_purge < self.PURGE_EVERY_S:
             return
+        if self._purging is not None and not self._purging.done():
+            return  # the last one is still at it
         self._last_purge = now
+        self._purging = asyncio.create_task(self._purge_logged())
+
+    async def _purge_logged(self) -> int:
+        try:
+            return await self.purge()
+        except Exception:  # the next round tries again; the rows only wait
+            log.exception(
+                "outbox purge of %s failed; trying again in %.0fs", self._schema, self.PURGE_EVERY_S
+            )
+            return 0
+
+    async def purge(self) -> int:
+        """Delete the rows published more than a day ago, PURGE_CHUNK at a time, and the
+        relays not seen for an hour; returns the rows deleted. One relay of the schema
+        purges at a time: a chunk is deleted under a transaction-scoped advisory lock,
+        and a relay that finds it held leaves the round to the one holding it."""
+        deleted = 0
+        while True:
+            chunk = await self._pool().fetchrow(
+                _PURGE_CHUNK, self.PURGE_CHUNK, f"outbox-purge:{self._schema}"
+            )
+            assert chunk is not None
+            deleted += chunk["deleted"]
+            if not chunk["ours"] or chunk["deleted"] < self.PURGE_CHUNK:
+                break
         await self._pool().execute(
-            """
-            DELETE FROM outbox WHERE published_at < now() - interval '1 day';
-            DELETE FROM outbox_relays WHERE seen_at < now() - interval '1 hour'
-            """
+            "DELETE FROM outbox_relays WHERE seen_at < now() - interval '1 hour'"
         )
+        return int(deleted)
 
 
 async def _answers(conn: asyncpg.Connection, timeout_s: float) -> bool:

@@ -267,6 +267,42 @@ def _rows_read(plan: dict[str, Any]) -> float:
     return own + sum(_rows_read(child) for child in plan.get("Plans", []))
 
 
+async def test_the_purge_deletes_what_was_published_a_day_ago_in_chunks_one_relay_at_a_time(
+    infra: Any, database_url: str, schema: str
+) -> None:
+    """Rows published more than a day ago go, in chunks; younger ones and unpublished
+    ones stay; a relay that finds another purging leaves the round to it."""
+    await add_rows(database_url, schema, "relay.purge", rows=300, keys=10)
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
+    try:
+        stack = AsyncExitStack()
+        await conn.execute(
+            """
+            UPDATE outbox SET published_at = CASE WHEN id % 6 = 0 THEN now() - interval '2 hours'
+                                                  ELSE now() - interval '25 hours' END
+            WHERE id % 10 <> 1
+            """
+        )
+        old = await conn.fetchval(
+            "SELECT count(*) FROM outbox WHERE published_at < now() - interval '1 day'"
+        )
+        relay = (await start_relay(stack, infra, database_url, schema, batch_size=100)).relay
+        relay.PURGE_CHUNK = 40
+        # Another relay purging: it holds the round's lock for its chunk.
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext($1))", f"outbox-purge:{schema}"
+            )
+            assert await relay.purge() == 0
+        assert await relay.purge() == old > 3 * relay.PURGE_CHUNK
+        left = await conn.fetch("SELECT published_at IS NULL AS unpublished FROM outbox")
+    finally:
+        await stack.aclose()
+        await conn.close()
+    assert len(left) == 300 - old
+    assert sum(row["unpublished"] for row in left) == 30  # every id ending in 1
+
+
 async def test_two_relays_publish_different_shards_at_the_same_time(
     infra: Any, database_url: str, schema: str
 ) -> None:

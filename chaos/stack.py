@@ -24,9 +24,9 @@ from devstack.services import start_service, stop_service
 from shared import acl, db_roles, migrations
 from shared.topics import all_topics
 
-CHAOS = Instance("chaos", 29092, 29093, 55434, 28081)
-"""`python -m chaos`'s own instance: ports apart from `default` (9092, 55432, 8081…)
-and `test` (19092, 55433, 18081…), its own folder `.stack/chaos/`."""
+CHAOS = Instance("chaos", 29092, 29093, 25434, 28081)
+"""`python -m chaos`'s own instance: ports apart from `default` (9092, 25432, 8081…)
+and `test` (19092, 25433, 18081…), its own folder `.stack/chaos/`."""
 READY_TIMEOUT_S = 180.0
 """How long a started replica may take to be ready. A replica restarted while a broker
 is down (or the group's coordinator moves) joins its group only once the broker is

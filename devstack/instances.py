@@ -178,10 +178,12 @@ def _others_can_enter(folder: Path) -> bool:
     return all(p.stat().st_mode & stat.S_IXOTH for p in (folder, *folder.parents))
 
 
+# Every port below Linux's ephemeral range (32768-60999): a server restarted while its
+# clients reconnect must not find its port taken as one of their local ports.
 INSTANCES: dict[str, Instance] = {
-    "default": Instance("default", 9092, 9093, 55432, 8081),
-    "test": Instance("test", 19092, 19093, 55433, 18081),
-    "chaos": Instance("chaos", 29092, 29093, 55434, 28081),
+    "default": Instance("default", 9092, 9093, 25432, 8081),
+    "test": Instance("test", 19092, 19093, 25433, 18081),
+    "chaos": Instance("chaos", 29092, 29093, 25434, 28081),
 }
 
 

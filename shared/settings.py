@@ -16,7 +16,7 @@ from shared.auth import AuthSettings
 from shared.kafka_client import KafkaClientSettings
 from shared.logs import LogFormat
 
-LOCAL_DATABASE_URL: str = "postgresql://coinstream@127.0.0.1:55432/coinstream"
+LOCAL_DATABASE_URL: str = "postgresql://coinstream@127.0.0.1:25432/coinstream"
 
 
 class InfraSettings(BaseSettings):

@@ -131,11 +131,11 @@ async def test_purchase_gifts_and_payouts_end_in_exact_balances_and_a_clean_audi
         "not_verified",
     ]
 
-    expected = {
-        u1: (3500, 0),
-        u2: (2497, 0),
-        u3: (0, 0),
-        u4: (300, 0),
+    expected: dict[str, tuple[int, Decimal]] = {
+        u1: (3500, Decimal(0)),
+        u2: (2497, Decimal(0)),
+        u3: (0, Decimal(0)),
+        u4: (300, Decimal(0)),
         c1: (0, Decimal("1001.5")),
         c2: (0, Decimal(250)),
         c3: (0, Decimal(2000)),  # released after the bank's rejection

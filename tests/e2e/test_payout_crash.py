@@ -43,7 +43,7 @@ async def test_a_service_killed_mid_payout_pays_each_payout_at_most_once(
         {creator: (True, method, "USD") for creator, method in creators.items()},
     )
     # Three payouts of 2,000 each: the third finds only 1,000 left.
-    requests = [
+    requests: list[dict[str, Any]] = [
         {
             "request_id": unique("payout"),
             "creator_id": creator,

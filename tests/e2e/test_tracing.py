@@ -59,13 +59,14 @@ def hex_id(value: str | None) -> str | None:
 def chain(spans: list[dict[str, Any]], request_id: str) -> list[tuple[str, str]] | None:
     """The (service, span name) path of one request's trace, from the span that handled
     its request down to the last publish, following parent ids; None until complete."""
-    [first] = [
+    found: list[dict[str, Any] | None] = [
         s
         for s in spans
         if s["attributes"].get("coinstream.request_id") == request_id
         and s["name"]
         in (f"{topics.GIFT_REQUESTED} process", f"{topics.PURCHASE_REQUESTED} process")
-    ] or [None]
+    ]
+    [first] = found or [None]
     if first is None:
         return None
     trace_id = first["context"]["trace_id"]

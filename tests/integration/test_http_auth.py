@@ -85,7 +85,7 @@ async def purchase(services: Services, infra: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 async def payout(services: Services, infra: Any) -> dict[str, Any]:
     """A payout request of its own creator (unknown, so refused at once), once recorded."""
-    request = {
+    request: dict[str, Any] = {
         "request_id": unique("payout"),
         "creator_id": unique("carol"),
         "diamonds": 2_000,

@@ -111,7 +111,9 @@ async def cash_out(
     if together:
         await publish_in_one_batch(cashier.infra, [(r["creator_id"], r) for r in requests])
     else:
-        messages = [(r["creator_id"], r) for r in requests]
+        messages: list[tuple[str, bytes | dict[str, Any]]] = [
+            (r["creator_id"], r) for r in requests
+        ]
         await publish(cashier.infra, topics.PAYOUT_REQUESTED, messages)
     wanted = {r["request_id"] for r in requests}
 

@@ -309,8 +309,8 @@ async def test_a_clean_busy_run_reconciles_and_each_check_judged_records(
         return
     assert (returncode, returncode_json) == (0, 0), output + errors
     assert "RECONCILED" in output
-    for check in REGISTRY:
-        assert verdict(output, check.name) == "passed", output
+    for registered in REGISTRY:
+        assert verdict(output, registered.name) == "passed", output
 
 
 async def test_a_forged_credit_is_in_flight_within_the_grace_then_a_mismatch(

@@ -10,7 +10,7 @@ own code on two connections of real PostgreSQL.
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -88,7 +88,7 @@ def user_in(shard: int, prefix: str = "user") -> str:
             return user
 
 
-Act = Callable[[WalletService], Awaitable[None]]
+Act = Callable[[WalletService], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True)

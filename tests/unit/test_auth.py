@@ -13,6 +13,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -67,7 +68,7 @@ def test_a_token_signed_with_another_key_is_refused(
 
 
 def test_an_unsigned_token_alg_none_is_refused(verifier: TokenVerifier) -> None:
-    unsigned = jwt.encode({"sub": "ada", "exp": 4102444800, "scope": "operator"}, None, "none")
+    unsigned = jwt.encode({"sub": "ada", "exp": 4102444800, "scope": "operator"}, "", "none")
 
     with pytest.raises(TokenError):
         verifier.verify(unsigned)
@@ -132,6 +133,7 @@ def test_a_jwks_verifies_by_key_id_and_never_with_a_symmetric_key(
     tmp_path: Path, keys: auth.KeyPair
 ) -> None:
     private = auth.load_private_key(keys.private)
+    assert isinstance(private, Ed25519PrivateKey)  # what `coinstream keys` makes
     public = jwt.algorithms.OKPAlgorithm.to_jwk(private.public_key(), as_dict=True)
     secret = {"kty": "oct", "k": _b64(b"a shared secret of 32 bytes....."), "alg": "HS256"}
     jwks = tmp_path / "jwks.json"  # PyJWKClient reads it with urllib, as from https://

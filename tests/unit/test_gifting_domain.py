@@ -51,7 +51,7 @@ def test_a_request_is_checked_before_any_coin_moves(
     assert order.reason == reason
     assert order.status == ("rejected" if reason else "pending")
     if reason:
-        assert (order.coins, order.diamonds) == (0, 0)
+        assert (order.coins, order.diamonds) == (0, Decimal(0))
 
 
 @pytest.mark.parametrize(

@@ -694,7 +694,7 @@ def _known_variables(settings_class: Any, name: str) -> set[str]:
         nested = field.default_factory
         prefix = getattr(nested, "model_config", {}).get("env_prefix") if nested else None
         if prefix:
-            known |= {prefix.upper() + n.upper() for n in nested.model_fields}  # type: ignore[union-attr]
+            known |= {prefix.upper() + n.upper() for n in nested.model_fields}
         else:
             known.add(field_name.upper())
     return known

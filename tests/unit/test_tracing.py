@@ -232,7 +232,7 @@ async def test_with_tracing_off_a_batch_is_applied_without_any_tracing_work(
         )
         for n in range(3)
     ]
-    await process(deliveries, apply, dead_letters)  # type: ignore[arg-type]
+    await process(deliveries, apply, dead_letters)
     assert applied == [
         [Message(request_id="r0"), Message(request_id="r1"), Message(request_id="r2")]
     ]
@@ -292,6 +292,7 @@ def test_the_demo_sends_one_gift_with_a_traceparent_of_its_own_trace() -> None:
     steps = [step for _, phase in journey.phases() for step in phase]
     [followed] = [step for step in steps if step.traceparent is not None]
     assert journey.followed == followed and followed.topic == "gifting.gift-requested"
+    assert followed.traceparent is not None
     version, trace_id, parent, flags = followed.traceparent.split("-")
     assert (version, trace_id, flags) == ("00", journey.trace_id, "01") and len(parent) == 16
 
@@ -308,7 +309,9 @@ async def test_a_record_dead_lettered_in_its_batch_says_so_on_its_span(
     )
     sent: list[int] = []
 
-    async def publish(*_: object) -> None:
+    async def publish(
+        topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]]
+    ) -> None:
         sent.append(1)
 
     dead_letters._publish = publish  # type: ignore[method-assign]
@@ -321,7 +324,7 @@ async def test_a_record_dead_lettered_in_its_batch_says_so_on_its_span(
         Delivery(Record("t", 0, n, []), Message(request_id=r))
         for n, r in enumerate(("good", "bad"))
     ]
-    await process(deliveries, apply, dead_letters)  # type: ignore[arg-type]
+    await process(deliveries, apply, dead_letters)
     assert sent == [1]
     [bad] = [
         s

@@ -272,7 +272,7 @@ class OutboxRelay:
         self._poll_interval_s = poll_interval_s
         self._wakeup = asyncio.Event()
         self._last_purge = 0.0
-        self._purging: asyncio.Task[int] | None = None
+        self._purging: asyncio.Task[None] | None = None
         self._name = uuid.uuid4().hex
         self._share: int | None = None  # shards per batch; None: all (before counting)
         self._last_present = -math.inf
@@ -502,14 +502,13 @@ class OutboxRelay:
         self._last_purge = now
         self._purging = asyncio.create_task(self._purge_logged())
 
-    async def _purge_logged(self) -> int:
+    async def _purge_logged(self) -> None:
         try:
-            return await self.purge()
+            await self.purge()
         except Exception:  # the next round tries again; the rows only wait
             log.exception(
                 "outbox purge of %s failed; trying again in %.0fs", self._schema, self.PURGE_EVERY_S
             )
-            return 0
 
     async def purge(self) -> int:
         """Delete the rows published more than a day ago, PURGE_CHUNK at a time, and the

@@ -107,6 +107,7 @@ async def apply_layout(
             # Another `setup` may have created them first; they exist, which is all we need.
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
+            await _until_led(admin, missing, layout.partitions)
         present = [name for name in wanted if name in existing]
         reconfigured = await _correct_configs(admin, layout, present)
         mismatched = await _shape_mismatches(admin, layout, present)
@@ -142,6 +143,30 @@ async def _set_on_topic(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[s
                 if entry["config_source"] == _SET_ON_TOPIC
             }
     return found
+
+
+async def _until_led(
+    admin: AIOKafkaAdminClient, topics: list[str], partitions: int, *, timeout_s: float = 30.0
+) -> None:
+    """Wait until the broker asked reports every partition of `topics` with a leader.
+
+    The controller has committed a topic when CreateTopics answers, but each broker learns
+    of it a moment later: a client that asks another node at once finds no such topic.
+    `setup` returns only when the topics can be used.
+    """
+    async with asyncio.timeout(timeout_s):
+        while True:
+            described: list[dict[str, Any]] = await admin.describe_topics(topics)
+            unled = [
+                topic["topic"]
+                for topic in described
+                if topic["error_code"]
+                or len(topic["partitions"]) < partitions
+                or any(p["leader"] < 0 for p in topic["partitions"])
+            ]
+            if not unled:
+                return
+            await asyncio.sleep(0.1)
 
 
 async def _correct_configs(

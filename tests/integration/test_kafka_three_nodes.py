@@ -47,7 +47,11 @@ async def test_a_killed_node_loses_and_doubles_nothing(cluster: Instance) -> Non
         operator, kafka_admin.TopicLayout(6, 3, 2), topics=[TOPIC]
     )
     assert report.created == [TOPIC]
-    assert (await _replicas(cluster))[0] == {3}
+
+    async def three_replicas() -> bool:  # every node has heard of the topic
+        return (await _replicas(cluster))[0] == {3}
+
+    await eventually(three_replicas, timeout_s=30, every_s=0.5)
     producer = AIOKafkaProducer(
         **operator.client_options(), enable_idempotence=True, acks="all", linger_ms=5
     )

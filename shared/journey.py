@@ -436,8 +436,13 @@ async def _outbox(
 ) -> list[OutboxEvent]:
     rows = await conn.fetch(
         f"""
-        SELECT topic, event_id, payload, created_at, published_at
-        FROM {service}.outbox WHERE position($1::bytea IN payload) > 0 ORDER BY id
+        SELECT topic, event_id, payload, created_at, published_at FROM (
+            SELECT id, topic, event_id, payload, created_at, published_at
+            FROM {service}.outbox WHERE position($1::bytea IN payload) > 0
+            UNION ALL  -- published rows move here (kit-0004)
+            SELECT id, topic, event_id, payload, created_at, published_at
+            FROM {service}.outbox_published WHERE position($1::bytea IN payload) > 0
+        ) AS rows ORDER BY id
         """,
         needle,
     )

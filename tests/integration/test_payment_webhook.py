@@ -76,16 +76,22 @@ async def completed_purchases(infra: Any, user: str, count: int = 1) -> list[str
 
 
 async def recorded(db: asyncpg.Connection, chargeback_ids: list[str]) -> dict[str, int]:
-    """How many notices, outbox rows and chargebacks payment holds for these ids."""
+    """How many notices, outbox rows (waiting or published) and chargebacks payment
+    holds for these ids."""
     counts = {}
-    for table, column in (
-        ("webhook_notices", "chargeback_id"),
-        ("outbox", "event_id"),
-        ("chargebacks", "chargeback_id"),
+    for name, tables, column in (
+        ("webhook_notices", ["webhook_notices"], "chargeback_id"),
+        ("outbox", ["outbox", "outbox_published"], "event_id"),
+        ("chargebacks", ["chargebacks"], "chargeback_id"),
     ):
-        counts[table] = await db.fetchval(
-            f"SELECT count(*) FROM payment.{table} WHERE {column} = ANY($1::text[])",
-            chargeback_ids,
+        counts[name] = sum(
+            [
+                await db.fetchval(
+                    f"SELECT count(*) FROM payment.{table} WHERE {column} = ANY($1::text[])",
+                    chargeback_ids,
+                )
+                for table in tables
+            ]
         )
     return counts
 

@@ -38,6 +38,18 @@ _COLUMNS = """request_id, sender_id, creator_id, gift_id, quantity, stream_id, v
               fingerprint, status, reason, coins, diamonds"""
 
 
+SETTLE = f"""
+UPDATE gift_requests g
+SET status = CASE WHEN o.reason IS NULL THEN 'sent' ELSE 'rejected' END,
+    reason = o.reason, decided_at = clock_timestamp()
+FROM unnest($1::text[], $2::text[]) AS o(request_id, reason)
+-- IS TRUE: each gift through its primary key, never through the partial index of pending
+-- gifts (docs/development.md, "Tables that are also queues").
+WHERE g.request_id = o.request_id AND (g.status = 'pending') IS TRUE
+RETURNING {", ".join(f"g.{c.strip()}" for c in _COLUMNS.split(","))}, g.created_at
+"""
+
+
 class GiftingRepository:
     async def list_active_gifts(self, conn: Connection | asyncpg.Pool) -> list[Gift]:
         rows = await conn.fetch(
@@ -113,14 +125,7 @@ class GiftingRepository:
         (rejected). Requests already settled are left alone and not returned, which makes
         a repeated answer harmless."""
         rows = await conn.fetch(
-            f"""
-            UPDATE gift_requests g
-            SET status = CASE WHEN o.reason IS NULL THEN 'sent' ELSE 'rejected' END,
-                reason = o.reason, decided_at = clock_timestamp()
-            FROM unnest($1::text[], $2::text[]) AS o(request_id, reason)
-            WHERE g.request_id = o.request_id AND g.status = 'pending'
-            RETURNING {", ".join(f"g.{c.strip()}" for c in _COLUMNS.split(","))}, g.created_at
-            """,
+            SETTLE,
             list(outcomes),
             list(outcomes.values()),
         )

@@ -156,7 +156,8 @@ class PaymentRepository:
                 updated_at = now()
             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
                  AS o(request_id, status, reason, payment_id, reference)
-            WHERE p.request_id = o.request_id AND p.status = 'pending'
+            -- IS TRUE: by primary key, never the pending index (docs/development.md)
+            WHERE p.request_id = o.request_id AND (p.status = 'pending') IS TRUE
             RETURNING p.*
             """,
             list(request_ids),
@@ -176,7 +177,8 @@ class PaymentRepository:
         rows = await conn.fetch(
             """
             UPDATE purchases SET updated_at = now()
-            WHERE request_id = ANY($1::text[]) AND status = 'pending'
+            -- IS TRUE: by primary key, never the pending index (docs/development.md)
+            WHERE request_id = ANY($1::text[]) AND (status = 'pending') IS TRUE
             RETURNING request_id
             """,
             list(request_ids),

@@ -179,7 +179,8 @@ class HoldRepository:
             SET status = CASE WHEN c.paid THEN 'posted' ELSE 'voided' END,
                 closed_at = now()
             FROM unnest($1::text[], $2::boolean[]) AS c(request_id, paid)
-            WHERE h.request_id = c.request_id AND h.status = 'open'
+            -- IS TRUE: by primary key, never the open index (docs/development.md)
+            WHERE h.request_id = c.request_id AND (h.status = 'open') IS TRUE
             RETURNING h.request_id, h.payout_id, h.creator_id, h.units, h.deadline, c.paid
             """,
             list(paid),

@@ -107,7 +107,7 @@ async def apply_layout(
             # Another `setup` may have created them first; they exist, which is all we need.
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
-            await _until_led(admin, missing, layout.partitions)
+            await _until_led(admin, missing)
         present = [name for name in wanted if name in existing]
         reconfigured = await _correct_configs(admin, layout, present)
         mismatched = await _shape_mismatches(admin, layout, present)
@@ -146,7 +146,7 @@ async def _set_on_topic(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[s
 
 
 async def _until_led(
-    admin: AIOKafkaAdminClient, topics: list[str], partitions: int, *, timeout_s: float = 30.0
+    admin: AIOKafkaAdminClient, topics: list[str], *, timeout_s: float = 30.0
 ) -> None:
     """Wait until the broker asked reports every partition of `topics` with a leader.
 
@@ -161,7 +161,7 @@ async def _until_led(
                 topic["topic"]
                 for topic in described
                 if topic["error_code"]
-                or len(topic["partitions"]) < partitions
+                or not topic["partitions"]
                 or any(p["leader"] < 0 for p in topic["partitions"])
             ]
             if not unled:

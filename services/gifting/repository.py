@@ -38,7 +38,7 @@ _COLUMNS = """request_id, sender_id, creator_id, gift_id, quantity, stream_id, v
               fingerprint, status, reason, coins, diamonds"""
 
 
-SETTLE = f"""
+_SETTLE = f"""
 UPDATE gift_requests g
 SET status = CASE WHEN o.reason IS NULL THEN 'sent' ELSE 'rejected' END,
     reason = o.reason, decided_at = clock_timestamp()
@@ -125,7 +125,7 @@ class GiftingRepository:
         (rejected). Requests already settled are left alone and not returned, which makes
         a repeated answer harmless."""
         rows = await conn.fetch(
-            SETTLE,
+            _SETTLE,
             list(outcomes),
             list(outcomes.values()),
         )

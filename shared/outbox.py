@@ -298,10 +298,10 @@ class OutboxRelay:
         self._batch_size = batch_size
         self._poll_interval_s = poll_interval_s
         self._wakeup = asyncio.Event()
-        self._last_purge = 0.0
-        self._purging: asyncio.Task[None] | None = None
-        self._last_vacuum = 0.0
-        self._vacuuming: asyncio.Task[None] | None = None
+        self._chores = (
+            _Chore(f"VACUUM of {schema}.outbox", self.VACUUM_EVERY_S, self.vacuum),
+            _Chore(f"outbox purge of {schema}", self.PURGE_EVERY_S, self.purge),
+        )
         self._name = uuid.uuid4().hex
         self._share: int | None = None  # shards per batch; None: all (before counting)
         self._last_present = -math.inf
@@ -413,7 +413,7 @@ class OutboxRelay:
         try:
             await self._relay_forever()
         finally:
-            background = [t for t in (listening, self._purging, self._vacuuming) if t]
+            background = [t for t in (listening, *(c.task for c in self._chores)) if t]
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -497,8 +497,7 @@ class OutboxRelay:
             try:
                 await self._present_if_due()
                 published = await self.publish_batch()
-                self._vacuum_if_due()
-                await self._purge_if_due()
+                self._chores_if_due()
                 self._failed = False
             except Exception:  # the relay must outlive a broker or database outage
                 log.exception("outbox relay failed; retrying")
@@ -517,53 +516,22 @@ class OutboxRelay:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), timeout=timeout_s)
 
-    def _vacuum_if_due(self) -> None:
-        """Start a VACUUM of the outbox beside the relay every VACUUM_EVERY_S.
+    def _chores_if_due(self) -> None:
+        """Start the VACUUM and the purge beside the publishing when each is due."""
+        now = asyncio.get_running_loop().time()
+        for chore in self._chores:
+            chore.start_if_due(now)
+
+    async def vacuum(self) -> None:
+        """VACUUM the outbox, unless another relay's VACUUM of it is running (every
+        VACUUM_EVERY_S).
 
         Each published row leaves a dead entry in the index of unpublished rows, which
         every claim's probes walk until a VACUUM removes it: at a few thousand rows a
         second, autovacuum's minute between visits lets the claims slow down tenfold.
         The outbox holds only unpublished rows (kit-0004), so this takes milliseconds.
-        A relay that finds another's VACUUM running skips its turn (SKIP_LOCKED).
         """
-        now = asyncio.get_running_loop().time()
-        if now - self._last_vacuum < self.VACUUM_EVERY_S:
-            return
-        if self._vacuuming is not None and not self._vacuuming.done():
-            return
-        self._last_vacuum = now
-        self._vacuuming = asyncio.create_task(self._vacuum_logged())
-
-    async def vacuum(self) -> None:
-        """VACUUM the outbox, unless another relay's VACUUM of it is running."""
         await self._pool().execute("VACUUM (SKIP_LOCKED) outbox")
-
-    async def _vacuum_logged(self) -> None:
-        try:
-            await self.vacuum()
-        except Exception as error:  # autovacuum still comes; the claims are only slower
-            log.warning(
-                "VACUUM of %s.outbox failed (%s: %s)", self._schema, type(error).__name__, error
-            )
-
-    async def _purge_if_due(self) -> None:
-        """Start a purge beside the relay every PURGE_EVERY_S (a day's rows take many
-        chunks, and publishing must not wait for them)."""
-        now = asyncio.get_running_loop().time()
-        if now - self._last_purge < self.PURGE_EVERY_S:
-            return
-        if self._purging is not None and not self._purging.done():
-            return  # the last one is still at it
-        self._last_purge = now
-        self._purging = asyncio.create_task(self._purge_logged())
-
-    async def _purge_logged(self) -> None:
-        try:
-            await self.purge()
-        except Exception:  # the next round tries again; the rows only wait
-            log.exception(
-                "outbox purge of %s failed; trying again in %.0fs", self._schema, self.PURGE_EVERY_S
-            )
 
     async def purge(self) -> int:
         """Delete the rows published more than a day ago, PURGE_CHUNK at a time, and the
@@ -586,6 +554,33 @@ class OutboxRelay:
             "DELETE FROM outbox_relays WHERE seen_at < now() - interval '1 hour'"
         )
         return int(deleted)
+
+
+class _Chore:
+    """Work a relay starts beside its publishing every `every_s` (a day's purge takes many
+    chunks, and publishing must not wait for it), never two runs at a time. A failure is
+    logged and the next round tries again: the rows only wait."""
+
+    def __init__(self, what: str, every_s: float, run: Callable[[], Awaitable[object]]) -> None:
+        self._what = what
+        self._every_s = every_s
+        self._run = run
+        self._last = 0.0
+        self.task: asyncio.Task[None] | None = None
+
+    def start_if_due(self, now: float) -> None:
+        if now - self._last < self._every_s:
+            return
+        if self.task is not None and not self.task.done():
+            return  # the last one is still at it
+        self._last = now
+        self.task = asyncio.create_task(self._logged())
+
+    async def _logged(self) -> None:
+        try:
+            await self._run()
+        except Exception:
+            log.exception("%s failed; trying again in %.0fs", self._what, self._every_s)
 
 
 async def _answers(conn: asyncpg.Connection, timeout_s: float) -> bool:

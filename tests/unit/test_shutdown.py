@@ -41,7 +41,7 @@ class ScriptedRelay(OutboxRelay):
     async def _present_if_due(self) -> None:
         pass
 
-    async def _purge_if_due(self) -> None:
+    def _chores_if_due(self) -> None:
         pass
 
     async def _absent(self) -> None:

@@ -154,6 +154,15 @@ class _Claim:
     full: bool  # a shard gave the batch its whole quota: it may have more
 
 
+_BY_KEY = """
+-- A claim's statements read each shard's head through the primary key (shard, id) and
+-- nothing else (kit-0005). An outbox's statistics are never right for long: autoanalyze
+-- finds it empty, or a batch long, and with a backlog behind it the planner's cheapest
+-- plan reads every row of a shard (a bitmap scan and a sort, or a scan of the whole
+-- table until a row of the shard turns up) where the key reads the batch.
+SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off
+"""
+
 _TAKE_SHARDS = """
 WITH turn AS MATERIALIZED (
     -- Shared with every relay of this version, exclusive for a relay of the version
@@ -164,9 +173,11 @@ WITH turn AS MATERIALIZED (
     -- One probe per shard, each stopping at its first unpublished row: a scalar subquery
     -- with LIMIT is never turned into a join, so the cost does not grow with the backlog
     -- (as EXISTS did once the planner, seeing an empty queue in its statistics, chose to
-    -- hash every unpublished row for each claim).
+    -- hash every unpublished row for each claim). Through the primary key (shard, id),
+    -- in order: see _BY_KEY.
     SELECT s.n AS shard FROM generate_series(0, outbox_shards() - 1) AS s(n)
-    WHERE (SELECT true FROM outbox WHERE shard = s.n AND published_at IS NULL LIMIT 1)
+    WHERE (SELECT true FROM outbox WHERE shard = s.n AND published_at IS NULL
+           ORDER BY id LIMIT 1)
     ORDER BY (s.n + $3) % outbox_shards()
 ), mine AS MATERIALIZED (
     -- Evaluated row by row until the share is reached: shards another relay holds are
@@ -184,13 +195,14 @@ _TAKE_ROWS = """
 -- mark a relay that held one of them committed before letting go (a lock is released
 -- after its transaction's commit is visible), so no row is taken twice and none needs
 -- a row lock. Each shard's oldest rows, at most $2 of each (the batch's quota per
--- shard), walking the shard's index in id order: a prefix of each shard, so every key's
--- events go out in order.
-SELECT o.id, o.shard, o.topic, o.key, o.event_id, o.payload, o.headers::text AS headers,
-       extract(epoch FROM clock_timestamp() - o.created_at) AS age_s
+-- shard), walking the primary key (shard, id) in order (kit-0005: no index leads with
+-- id, so no plan walks every shard's rows in id order to filter one shard's): a prefix
+-- of each shard, so every key's events go out in order.
+SELECT o.address, o.id, o.shard, o.topic, o.key, o.event_id, o.payload,
+       o.headers::text AS headers, extract(epoch FROM clock_timestamp() - o.created_at) AS age_s
 FROM unnest($1::smallint[]) AS m(shard)
 CROSS JOIN LATERAL (
-    SELECT * FROM outbox
+    SELECT ctid AS address, * FROM outbox
     WHERE shard = m.shard AND published_at IS NULL
     ORDER BY id LIMIT $2
 ) AS o
@@ -200,8 +212,11 @@ ORDER BY o.id
 _MARK = """
 -- Published rows leave the outbox for outbox_published (kit-0004): the outbox keeps only
 -- what waits, so its VACUUM is quick and a claim's probes find no pile of dead entries.
+-- The rows are found by the addresses the take read (a TID scan, no plan to choose):
+-- nothing moves them while their shards' locks are held (no other writer updates or
+-- deletes a waiting row; VACUUM FULL waits for this transaction's lock on the table).
 WITH gone AS (
-    DELETE FROM outbox WHERE id = ANY($1::bigint[])
+    DELETE FROM outbox WHERE ctid = ANY($1::tid[])
     RETURNING id, topic, key, event_id, payload, headers, created_at
 )
 INSERT INTO outbox_published (id, topic, key, event_id, payload, headers, created_at, published_at)
@@ -221,8 +236,8 @@ WITH turn AS MATERIALIZED (
     RETURNING 1
 ), marked AS (
     -- Rows a relay before kit-0004 marked in place, through their own index.
-    DELETE FROM outbox WHERE id IN (
-        SELECT id FROM outbox, turn
+    DELETE FROM outbox WHERE ctid IN (
+        SELECT ctid FROM outbox, turn
         WHERE turn.ours AND published_at < now() - interval '1 day'
         ORDER BY published_at LIMIT $1
     )
@@ -345,7 +360,7 @@ class OutboxRelay:
                 else:  # headers stored by a traced writer go out as they are
                     await self._publish(records)
                 crash_point("relay.after_publish")
-                await conn.execute(_MARK, [row["id"] for row in rows])
+                await conn.execute(_MARK, [row["address"] for row in rows])
         # Shards with work left: past this relay's share (go on at once) or held by
         # another relay (which goes on after its batch; looked at again soon anyway).
         self._more = claim.full or claim.taken < claim.pending
@@ -360,6 +375,7 @@ class OutboxRelay:
     async def _claim(self, conn: Connection) -> _Claim:
         self._turn += 1
         share = self._share
+        await conn.execute(_BY_KEY)
         taken = await conn.fetchrow(
             _TAKE_SHARDS,
             f"outbox:{self._schema}",

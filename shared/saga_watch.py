@@ -107,7 +107,7 @@ def age_of_oldest(column: str) -> str:
 
 
 # Every service: events committed to the outbox and not yet published (a relay that does
-# not publish), through the partial index outbox_unpublished.
+# not publish). The outbox holds only what waits (kit-0004): a scan of it is short.
 OUTBOX_PROBES: Final = (
     Probe(
         "coinstream_outbox_unpublished",

@@ -271,9 +271,9 @@ class Outbox:
             claim += f" AND created_at < clock_timestamp() - interval '{SWEEP_AFTER_S} s'"
         claim += f" ORDER BY id LIMIT {BATCH} FOR UPDATE SKIP LOCKED"
         while not stop.is_set():
-            with_timeout = asyncio.wait_for(self.kick.wait(), 0.5 if self.mode == "relay" else 1)
             with contextlib.suppress(TimeoutError):
-                await with_timeout
+                async with asyncio.timeout(0.5 if self.mode == "relay" else 1):
+                    await self.kick.wait()
             self.kick.clear()
             while True:
                 async with self.pool.acquire() as conn, conn.transaction():
@@ -649,7 +649,8 @@ async def start_worker(role: str, run: str, mode: str) -> asyncio.subprocess.Pro
         stdout=asyncio.subprocess.PIPE,
     )
     assert process.stdout is not None
-    line = await asyncio.wait_for(process.stdout.readline(), 60)
+    async with asyncio.timeout(60):
+        line = await process.stdout.readline()
     if line.strip() != b"ready":
         sys.exit(f"ceiling: the {role} worker did not start")
     return process
@@ -663,7 +664,8 @@ async def stop_worker(process: asyncio.subprocess.Process) -> float:
     if process.returncode is None:
         process.send_signal(signal.SIGTERM)
     try:
-        out = (await asyncio.wait_for(process.stdout.read(), 30)).decode().split()
+        async with asyncio.timeout(30):
+            out = (await process.stdout.read()).decode().split()
     except TimeoutError:
         print("ceiling: a worker did not stop 30 s after SIGTERM; killed", file=sys.stderr)
         process.kill()

@@ -119,7 +119,8 @@ async def consume(consumer: AIOKafkaConsumer, handle: Handler, done: Callable[[]
 async def finished(task: asyncio.Task[None], seconds: float) -> bool:
     """Wait for `task`; False (and the task cancelled) after `seconds`."""
     try:
-        await asyncio.wait_for(task, timeout=seconds)
+        async with asyncio.timeout(seconds):
+            await task
     except TimeoutError:
         return False
     return True

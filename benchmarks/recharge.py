@@ -74,7 +74,8 @@ async def main() -> None:
         batch = requests(args.count, common.run_id())
         collector = asyncio.create_task(common.consume(consumer, on_credit, done))
         await common.publish(producer, topics.PURCHASE_REQUESTED, batch, published, args.rate)
-        await asyncio.wait_for(collector, timeout=args.timeout)
+        async with asyncio.timeout(args.timeout):
+            await collector
     finally:
         await producer.stop()
         await consumer.stop()

@@ -114,7 +114,8 @@ class Load:
             delay = due - time.monotonic()
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                    async with asyncio.timeout(delay):
+                        await stop.wait()
 
     def _id(self, kind: str) -> str:
         return f"{self.marker}{kind[0]}{self._count}"

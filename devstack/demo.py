@@ -401,7 +401,8 @@ async def main() -> None:
             for partition in consumer.assignment():
                 await consumer.position(partition)
             for title, steps in journey.phases():
-                await asyncio.wait_for(run_phase(producer, consumer, title, steps), timeout=60)
+                async with asyncio.timeout(60):
+                    await run_phase(producer, consumer, title, steps)
             await settle(http, journey)
             await show_balances(http, journey, "Balances after")
             await show_leaderboard(http, journey)

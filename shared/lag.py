@@ -93,7 +93,8 @@ class ConsumerLag(Collector):
             assigned = sorted(consumer.assignment())
             if not assigned:
                 continue
-            positions = await asyncio.wait_for(_positions(consumer, assigned), REQUEST_TIMEOUT_S)
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                positions = await _positions(consumer, assigned)
             now = self._clock()
             for tp, (committed, end) in positions.items():
                 key = (tp.topic, tp.partition)

@@ -501,7 +501,8 @@ class OutboxRelay:
         conn.add_termination_listener(lambda _: lost.set())
         while not conn.is_closed():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lost.wait(), timeout=self.LISTEN_CHECK_EVERY_S)
+                async with asyncio.timeout(self.LISTEN_CHECK_EVERY_S):
+                    await lost.wait()
             if lost.is_set() or not await _answers(conn, self.LISTEN_CHECK_TIMEOUT_S):
                 return
 
@@ -529,8 +530,11 @@ class OutboxRelay:
             await self._wait(self.CONTENDED_RETRY_S if self._contended else self._poll_interval_s)
 
     async def _wait(self, timeout_s: float) -> None:
+        # `asyncio.timeout`, not `wait_for`: on Python 3.11 `wait_for` swallows a
+        # cancellation that comes in the turn the wake-up does, and the relay ran on.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), timeout=timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._wakeup.wait()
 
     def _chores_if_due(self) -> None:
         """Start the VACUUM and the purge beside the publishing when each is due."""

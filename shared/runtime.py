@@ -241,9 +241,8 @@ class ServiceKit:
             return
         self._relay.stop()
         try:
-            await asyncio.wait_for(
-                asyncio.shield(self._relay_task), self.settings.shutdown_relay_timeout_s
-            )
+            async with asyncio.timeout(self.settings.shutdown_relay_timeout_s):
+                await asyncio.shield(self._relay_task)
         except TimeoutError:
             log.error(
                 "outbox relay did not drain within %.0fs; what is left goes out after restart",

@@ -100,4 +100,5 @@ async def watch(
             if metrics is not None:
                 metrics.record(report)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval_s)
+            async with asyncio.timeout(interval_s):
+                await stop.wait()

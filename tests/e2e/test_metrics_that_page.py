@@ -86,7 +86,8 @@ async def reconcile_metrics(stack: Stack) -> str:
             return await eventually(ran, timeout_s=60, every_s=0.5)
         finally:
             process.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(process.wait(), 20)
+            async with asyncio.timeout(20):
+                await process.wait()
 
 
 async def test_every_metric_the_rules_and_the_dashboard_name_is_served(stack: Stack) -> None:

@@ -85,7 +85,8 @@ async def _consume_one(infra: Endpoints, topic: str) -> ConsumerRecord[bytes, by
     )
     await consumer.start()
     try:
-        return await asyncio.wait_for(consumer.getone(), timeout=15)
+        async with asyncio.timeout(15):
+            return await consumer.getone()
     finally:
         await consumer.stop()
 

@@ -182,7 +182,8 @@ async def test_wrong_credentials_fail_fast_with_the_reason(infra: Any) -> None:
     producer = AIOKafkaProducer(**wrong.client_options())
     started = time.monotonic()
     with pytest.raises(KafkaConnectionError):
-        await asyncio.wait_for(producer.start(), timeout=20)
+        async with asyncio.timeout(20):
+            await producer.start()
     await producer.stop()
     assert time.monotonic() - started < 10  # refused, not a hang
     assert "nope" not in repr(wrong) and "nope" not in wrong.describe()

@@ -557,7 +557,8 @@ async def run_relay_once(database_url: str, schema: str, infra: Any, *, crash: b
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    async with asyncio.timeout(60):
+        _, stderr = await process.communicate()
     return Finished(process.returncode, stderr.decode(errors="replace"))
 
 

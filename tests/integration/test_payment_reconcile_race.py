@@ -115,7 +115,8 @@ async def test_a_redelivery_waits_for_reconciliation_and_never_charges_behind_it
     )
     async with TopicReader(infra, OUTCOMES) as reader, in_process(create_app(settings, provider)):
         await publish(infra, topics.PURCHASE_REQUESTED, [(user, request)])
-        await asyncio.wait_for(provider.looking.wait(), timeout=60)  # claimed, asking
+        async with asyncio.timeout(60):
+            await provider.looking.wait()  # claimed, asking
         await publish(infra, topics.PURCHASE_REQUESTED, [(user, request)])  # redelivered
         await eventually(lambda: waiting_for_a_row_lock(database_url))
         provider.answer.set()

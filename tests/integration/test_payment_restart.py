@@ -55,7 +55,8 @@ async def test_a_payment_restarted_between_charge_and_settle_charges_and_complet
         async with TopicReader(infra, outcome_topics) as reader:
             async with in_process(create_app(settings, provider=stopping)):
                 await publish(infra, topics.PURCHASE_REQUESTED, [(user, request)])
-                await asyncio.wait_for(stopping.charged.wait(), timeout=60)
+                async with asyncio.timeout(60):
+                    await stopping.charged.wait()
             assert await purchase_status(pool, request_id) == "pending"
 
             async with in_process(create_app(settings)):  # the real provider's books

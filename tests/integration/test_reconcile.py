@@ -383,7 +383,8 @@ async def test_watch_exports_the_mismatches_as_prometheus_gauges(
             metrics = await eventually(lambda: scrape(port), timeout_s=30)
         finally:
             process.send_signal(signal.SIGTERM)
-            returncode = await asyncio.wait_for(process.wait(), 20)
+            async with asyncio.timeout(20):
+                returncode = await process.wait()
         log.seek(0)
         output = log.read().decode()
     assert returncode == 0, output  # a stop asked for is a clean end

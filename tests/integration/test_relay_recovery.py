@@ -103,7 +103,8 @@ class RunningRelay:
         finally:
             await conn.close()
         try:
-            return await asyncio.wait_for(acked, timeout=10.0) - committed
+            async with asyncio.timeout(10.0):
+                return await acked - committed
         except TimeoutError:
             raise AssertionError(
                 f"not published within 10 s of its commit: the relay was not woken by "
@@ -181,9 +182,8 @@ async def listeners(database_url: str, schema: str) -> list[int]:
 async def every_pool_slot_answers(db: Database) -> bool:
     """All of the pool's connections at once, each running a query: none is dead or held."""
     pool = db.pool
-    conns = await asyncio.wait_for(
-        asyncio.gather(*(pool.acquire() for _ in range(POOL_SIZE))), timeout=5.0
-    )
+    async with asyncio.timeout(5.0):
+        conns = await asyncio.gather(*(pool.acquire() for _ in range(POOL_SIZE)))
     try:
         answers = await asyncio.gather(*(conn.fetchval("SELECT 1") for conn in conns))
     finally:

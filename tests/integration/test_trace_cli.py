@@ -69,7 +69,8 @@ class Stack:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        out, err = await asyncio.wait_for(process.communicate(), timeout=90)
+        async with asyncio.timeout(90):
+            out, err = await process.communicate()
         assert process.returncode is not None
         return Ran(process.returncode, out.decode(), err.decode())
 

@@ -193,7 +193,8 @@ async def beside(wallets: Wallets, held: Act, other: Act) -> float:
     await impatient.open()
     first = asyncio.create_task(held(wallets.service(holder)))
     try:
-        await asyncio.wait_for(holder.holding.wait(), timeout=10)
+        async with asyncio.timeout(10):
+            await holder.holding.wait()
         started = time.monotonic()
         await other(wallets.service(impatient))
         return time.monotonic() - started

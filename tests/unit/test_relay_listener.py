@@ -141,3 +141,21 @@ async def test_while_the_server_refuses_connections_the_relay_keeps_trying() -> 
 
 async def _true(value: object) -> bool:
     return bool(value)
+
+
+async def test_a_relay_cancelled_as_it_is_woken_stops() -> None:
+    """A cancellation in the same turn of the loop as a wake-up ends the relay.
+
+    `asyncio.wait_for` on Python 3.11 returns the finished wait instead of raising the
+    cancellation (fixed in 3.12): the relay waited on, and a service never stopped."""
+    made = relay(Connections(), CollectorRegistry())
+    made.CONTENDED_RETRY_S = 60.0
+    task = asyncio.create_task(made._relay_forever())
+    await asyncio.sleep(0.05)  # its batch failed (no pool): it waits for a wake-up
+    made.kick()
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=2)
+    if not done:
+        await stop(task)
+        raise AssertionError("the relay went on after it was cancelled")
+    assert task.cancelled()

@@ -44,5 +44,6 @@ async def test_cancellation_ends_it_even_when_every_error_is_retryable() -> None
     await started.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await asyncio.wait_for(task, timeout=5)
+        async with asyncio.timeout(5):
+            await task
     assert calls == 1

@@ -62,7 +62,8 @@ async def test_a_stopped_relay_publishes_what_is_left_then_returns() -> None:
     await asyncio.sleep(0.05)
     relay.outcomes = [500, 500, 7, 0]  # the consumers' last commits
     relay.stop()
-    await asyncio.wait_for(running, timeout=2.0)
+    async with asyncio.timeout(2.0):
+        await running
     assert relay.batches == 5  # the idle one, then until a batch found nothing
 
 
@@ -73,7 +74,8 @@ async def test_a_relay_that_cannot_publish_keeps_trying_until_cancelled() -> Non
     relay.stop()
     running = asyncio.create_task(relay.run())
     with pytest.raises(TimeoutError):
-        await asyncio.wait_for(asyncio.shield(running), timeout=0.3)
+        async with asyncio.timeout(0.3):
+            await asyncio.shield(running)
     assert relay.batches > 3 and not running.done()
     running.cancel()
     await asyncio.gather(running, return_exceptions=True)
@@ -113,7 +115,8 @@ async def test_readiness_turns_false_when_the_stop_begins_and_the_stop_is_done_o
     first = kit.stop()
     assert not await kit._not_stopping()
     assert kit.stop() is first
-    await asyncio.wait_for(first, timeout=5.0)
+    async with asyncio.timeout(5.0):
+        await first
     assert all(not sub.running for sub in kit.broker.subscribers)
 
 
@@ -137,6 +140,7 @@ async def test_a_batch_past_the_timeout_is_cancelled_once_not_waited_for_twice()
     sub.tasks.append(task)  # type: ignore[attr-defined]
     await asyncio.sleep(0)
     started = asyncio.get_running_loop().time()
-    await asyncio.wait_for(kit.stop(), timeout=5.0)
+    async with asyncio.timeout(5.0):
+        await kit.stop()
     assert released.is_set() and task.cancelled()
     assert asyncio.get_running_loop().time() - started < 2.0

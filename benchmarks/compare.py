@@ -107,7 +107,7 @@ async def _ceiling(
     return row
 
 
-async def _coinstream(
+async def coinstream_run(
     run: str, args: argparse.Namespace, rate: float = 0, creators: int = 5
 ) -> Row:
     result, _, _ = await gifts.measure(args.count, rate, creators=creators, timeout_s=args.timeout)
@@ -216,16 +216,16 @@ async def main() -> None:
     await warm_up(args)
     rows = [
         await _ceiling("unpaced", args),
-        await _coinstream("unpaced", args),
+        await coinstream_run("unpaced", args),
         await _ceiling("unpaced", args, mode="direct"),
     ]
     ceiling_relay, coinstream, _ = rows
     half = round(ceiling_relay.throughput / 2)
     rows += [
         await _ceiling("half the ceiling", args, half),
-        await _coinstream("half the ceiling", args, half),
+        await coinstream_run("half the ceiling", args, half),
         await _ceiling("hot creator", args, creators=1),
-        await _coinstream("hot creator", args, creators=1),
+        await coinstream_run("hot creator", args, creators=1),
     ]
     # Two replicas against one, in pairs whose order alternates (the stack slows as its
     # tables grow: a fixed order favours what runs first; one pair on a busy 2-core
@@ -258,9 +258,9 @@ async def main() -> None:
     median = statistics.median(coinstream_ratios)
     print(
         f"two replicas: coinstream {median:.0%} of one replica's throughput, the median of "
-        f"{_percents(coinstream_ratios)} (target >= 100%): {verdict(median >= 1.0)}; the "
+        f"{percents(coinstream_ratios)} (target >= 100%): {verdict(median >= 1.0)}; the "
         f"ceiling with two processes per hop: {statistics.median(ceiling_ratios):.0%} of "
-        f"one ({_percents(ceiling_ratios)})"
+        f"one ({percents(ceiling_ratios)})"
     )
 
 
@@ -287,9 +287,9 @@ async def _replica_pair(pair: int, args: argparse.Namespace, *, two_first: bool)
 
     async def coinstream(replicas: int) -> Row:
         if replicas == 1:
-            return await _coinstream(f"one replica, pair {pair}", args)
+            return await coinstream_run(f"one replica, pair {pair}", args)
         async with second_replicas():
-            return await _coinstream(f"two replicas, pair {pair}", args)
+            return await coinstream_run(f"two replicas, pair {pair}", args)
 
     async def hand_written(replicas: int) -> Row:
         if replicas == 1:
@@ -302,7 +302,7 @@ async def _replica_pair(pair: int, args: argparse.Namespace, *, two_first: bool)
     return _Pair(ours[1], ours[2], theirs[1], theirs[2], two_first)
 
 
-def _percents(ratios: Iterable[float]) -> str:
+def percents(ratios: Iterable[float]) -> str:
     return ", ".join(f"{ratio:.0%}" for ratio in ratios)
 
 

@@ -34,7 +34,7 @@ def ran(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         yield
         replicas_up = False
 
-    monkeypatch.setattr(compare, "_coinstream", coinstream)
+    monkeypatch.setattr(compare, "coinstream_run", coinstream)
     monkeypatch.setattr(compare, "_ceiling", ceiling)
     monkeypatch.setattr(compare, "second_replicas", second_replicas)
     return runs

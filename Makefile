@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help install up down status demo bench docs lint test test-unit test-integration test-e2e chaos
+.PHONY: help install up down status demo bench bench-scale docs lint test test-unit test-integration test-e2e chaos
 .PHONY: prereqs prereqs-stack
 
 help: ## list the targets
@@ -50,6 +50,10 @@ bench: up ## purchases end to end; gifts next to their hand-written ceiling, sam
 	$(PY) -m benchmarks.recharge --count 20000
 	$(PY) -m benchmarks.recharge --count 20000 --rate 1000
 	$(PY) -m benchmarks.compare --count 10000
+
+CPU_LIMIT ?= 0.25
+bench-scale: up ## two replicas against one, each gifting and wallet process held to CPU_LIMIT cores (root)
+	$(PY) -m benchmarks.scale --count 10000 --cpu-limit $(CPU_LIMIT)
 
 ROUNDS ?= 20
 SEED   ?= 1

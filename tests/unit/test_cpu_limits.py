@@ -56,12 +56,18 @@ def test_throttling_is_counted_between_two_readings() -> None:
 
 
 def _machine_controller() -> Controller | None:
+    """The machine's cpu controller, if this process may make a group under it with a
+    quota (root, a cpu controller, and on cgroup v2 one that can be handed down)."""
     if os.geteuid() != 0:
         return None
     try:
-        return Controller.find()
-    except RuntimeError:
+        controller = Controller.find()
+        probe = CpuLimits(1.0, controller=controller, prefix=f"coinstream-probe-{os.getpid()}")
+        probe.limit("self", os.getpid())
+        probe.release()
+    except (RuntimeError, OSError):
         return None
+    return controller
 
 
 @pytest.mark.skipif(_machine_controller() is None, reason="needs root and a cgroup cpu controller")

@@ -75,8 +75,11 @@ async def main() -> None:
     )
     try:
         names = _limit_running(limits)
-        if set(names) != set(_LIMITED):
-            raise SystemExit(f"scale: gifting and the wallet must run (`make up`); found {names}")
+        if names != sorted(_LIMITED):  # none missing, no second replica left running
+            raise SystemExit(
+                f"scale: one replica each of {' and '.join(_LIMITED)} must run (`make up`); "
+                f"found {names or 'none'}"
+            )
         print(
             f"each of {', '.join(names)} (and their second replicas) held to "
             f"{args.cpu_limit:g} cores",

@@ -48,7 +48,7 @@ import sys
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -684,9 +684,11 @@ async def measure(
     creators: int = 5,
     timeout_s: float = 300,
     replicas: int = 1,
+    started: Callable[[str, int], object] | None = None,
 ) -> CeilingRun:
     """One ceiling run: set up, start the workers (`replicas` of each, sharing their
-    consumer groups' partitions), send, wait for every outcome, tear down."""
+    consumer groups' partitions; `started` is told each one's name and pid), send, wait
+    for every outcome, tear down."""
     endpoints = stack_endpoints(get_instance("default"))
     kafka = endpoints.kafka()  # the operator: creates its topics, reads and writes them
     await ensure_topics(kafka, partitions=PARTITIONS, replication_factor=1, topics=TOPICS)
@@ -697,8 +699,10 @@ async def measure(
     try:
         await create_schemas(conn, run, senders, creators)
         for role, processes in workers.items():
-            for _ in range(replicas):
+            for index in range(replicas):
                 processes.append(await start_worker(role, run, mode))
+                if started is not None:
+                    started(f"ceiling-{role}-{index}", processes[-1].pid)
         batch = requests(count, senders, creators, run)
         producer = common.producer(kafka)
         await producer.start()

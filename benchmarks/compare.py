@@ -31,7 +31,7 @@ import argparse
 import asyncio
 import os
 import statistics
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -39,9 +39,12 @@ import uvloop
 
 from benchmarks import ceiling, common, gifts
 from devstack.instances import get_instance, stack_endpoints
-from devstack.services import start_service, stop_service
+from devstack.services import process_name, start_service, stop_service
 
 _SERVICES = ("gifting", "wallet")
+
+Started = Callable[[str, int], object]
+"""Told the name and pid of each process a run starts (`benchmarks.scale` limits its CPU)."""
 
 
 @dataclass(frozen=True)
@@ -90,9 +93,16 @@ async def _ceiling(
     mode: str = "relay",
     creators: int = 5,
     replicas: int = 1,
+    started: Started | None = None,
 ) -> Row:
     result = await ceiling.measure(
-        args.count, rate, mode=mode, creators=creators, timeout_s=args.timeout, replicas=replicas
+        args.count,
+        rate,
+        mode=mode,
+        creators=creators,
+        timeout_s=args.timeout,
+        replicas=replicas,
+        started=started,
     )
     row = _row(
         run,
@@ -126,18 +136,23 @@ async def coinstream_run(
 
 
 @asynccontextmanager
-async def second_replicas(services: Iterable[str] = _SERVICES) -> AsyncIterator[None]:
-    """A second replica of each service on the running stack, stopped (SIGTERM) after."""
+async def second_replicas(
+    services: Iterable[str] = _SERVICES, started: Started | None = None
+) -> AsyncIterator[None]:
+    """A second replica of each service on the running stack (`started` is told each
+    one's name and pid), stopped (SIGTERM) after."""
     instance = get_instance("default")
     endpoints = stack_endpoints(instance)
-    started = []
+    running = []
     try:
         for service in services:
-            await start_service(instance, service, endpoints, replica=1, timeout_s=120)
-            started.append(service)
+            process = await start_service(instance, service, endpoints, replica=1, timeout_s=120)
+            running.append(service)
+            if started is not None:
+                started(process_name(service, 1), process.pid)
         yield
     finally:
-        for service in started:
+        for service in running:
             await stop_service(instance, service, replica=1)
 
 
@@ -201,8 +216,9 @@ def verdict(met: bool) -> str:
     return "met" if met else "NOT met"
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(description: str) -> argparse.ArgumentParser:
+    """The options of a benchmark that runs replica pairs (this one, `benchmarks.scale`)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--count", type=gifts.positive, default=10_000)
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument(
@@ -212,7 +228,11 @@ async def main() -> None:
         help="pairs of one- and two-replica runs of each system, the order alternating "
         "(the median ratio counts)",
     )
-    args = parser.parse_args()
+    return parser
+
+
+async def main() -> None:
+    args = arguments(__doc__.splitlines()[0]).parse_args()
     await warm_up(args)
     rows = [
         await _ceiling("unpaced", args),
@@ -227,15 +247,8 @@ async def main() -> None:
         await _ceiling("hot creator", args, creators=1),
         await coinstream_run("hot creator", args, creators=1),
     ]
-    # Two replicas against one, in pairs whose order alternates (the stack slows as its
-    # tables grow: a fixed order favours what runs first; one pair on a busy 2-core
-    # machine swings by 20%): the median ratio.
-    coinstream_ratios, ceiling_ratios = [], []
-    for pair in range(1, args.replica_pairs + 1):
-        runs = await _replica_pair(pair, args, two_first=pair % 2 == 0)
-        rows += runs.rows
-        coinstream_ratios.append(runs.two.throughput / runs.one.throughput)
-        ceiling_ratios.append(runs.ceiling_two.throughput / runs.ceiling_one.throughput)
+    pairs = await replica_pairs(args)
+    rows += pairs.rows
     ceiling_paced, coinstream_paced, _, coinstream_hot = rows[3:7]
     print()
     print(table(rows))
@@ -255,13 +268,38 @@ async def main() -> None:
         f"hot creator: coinstream {hot:.0%} of its spread run (target >= 80%): "
         f"{verdict(hot >= 0.8)}"
     )
-    median = statistics.median(coinstream_ratios)
-    print(
-        f"two replicas: coinstream {median:.0%} of one replica's throughput, the median of "
-        f"{percents(coinstream_ratios)} (target >= 100%): {verdict(median >= 1.0)}; the "
-        f"ceiling with two processes per hop: {statistics.median(ceiling_ratios):.0%} of "
-        f"one ({percents(ceiling_ratios)})"
-    )
+    print(pairs.verdict("two replicas"))
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """The replica pairs' runs, in the order they ran, and each pair's two ratios."""
+
+    rows: list[Row]
+    coinstream: list[float]  # two replicas' throughput over one replica's
+    ceiling: list[float]  # two processes per hop over one
+
+    def verdict(self, what: str) -> str:
+        median = statistics.median(self.coinstream)
+        return (
+            f"{what}: coinstream {median:.0%} of one replica's throughput, the median of "
+            f"{percents(self.coinstream)} (target >= 100%): {verdict(median >= 1.0)}; the "
+            f"ceiling with two processes per hop: {statistics.median(self.ceiling):.0%} of "
+            f"one ({percents(self.ceiling)})"
+        )
+
+
+async def replica_pairs(args: argparse.Namespace, started: Started | None = None) -> Pairs:
+    """Two replicas against one, in `--replica-pairs` pairs whose order alternates (the
+    stack slows as its tables grow: a fixed order favours what runs first; one pair on a
+    busy 2-core machine swings by 20%): the median ratio counts."""
+    rows, coinstream, hand_written = [], [], []
+    for pair in range(1, args.replica_pairs + 1):
+        runs = await replica_pair(pair, args, two_first=pair % 2 == 0, started=started)
+        rows += runs.rows
+        coinstream.append(runs.two.throughput / runs.one.throughput)
+        hand_written.append(runs.ceiling_two.throughput / runs.ceiling_one.throughput)
+    return Pairs(rows, coinstream, hand_written)
 
 
 @dataclass(frozen=True)
@@ -281,20 +319,23 @@ class _Pair:
         return [self.one, self.two, self.ceiling_one, self.ceiling_two]
 
 
-async def _replica_pair(pair: int, args: argparse.Namespace, *, two_first: bool) -> _Pair:
+async def replica_pair(
+    pair: int, args: argparse.Namespace, *, two_first: bool, started: Started | None = None
+) -> _Pair:
     """Coinstream with one replica and with two, then the ceiling with one and with two
     processes per hop; each system's two runs in the order asked."""
 
     async def coinstream(replicas: int) -> Row:
         if replicas == 1:
             return await coinstream_run(f"one replica, pair {pair}", args)
-        async with second_replicas():
+        async with second_replicas(started=started):
             return await coinstream_run(f"two replicas, pair {pair}", args)
 
     async def hand_written(replicas: int) -> Row:
-        if replicas == 1:
-            return await _ceiling(f"one process per hop, pair {pair}", args)
-        return await _ceiling(f"two processes per hop, pair {pair}", args, replicas=2)
+        run = "one process" if replicas == 1 else "two processes"
+        return await _ceiling(
+            f"{run} per hop, pair {pair}", args, replicas=replicas, started=started
+        )
 
     order = (2, 1) if two_first else (1, 2)
     ours = {replicas: await coinstream(replicas) for replicas in order}

@@ -7,22 +7,21 @@ brings CPU of its own: the Helm chart requests 250m per pod, and the scheduler p
 pods where that much is free. This runs that case on the same machine: each process of
 gifting and the wallet (both replicas) in a cgroup of its own with a CFS quota of
 `--cpu-limit` cores; Kafka, PostgreSQL, payment, payout and the load generator
-unlimited. Then coinstream unpaced with one replica of each and with two, in `--pairs`
-pairs whose order alternates (as in `benchmarks.compare`). It prints each run, the
-share of the limited processes' CFS periods that were throttled (near 100%: the limit
-is what bounds the run), and the median ratio of the pairs.
+unlimited. Then `benchmarks.compare`'s replica pairs: coinstream unpaced with one
+replica of each and with two, and the ceiling with one and two worker processes per hop,
+each worker held to the same quota, in `--replica-pairs` pairs whose order alternates.
+It prints each run, the share of the limited processes' CFS periods that were throttled
+over the pairs (near 100%: the limit is what bounds the runs), and the median ratios.
 
 Needs root and a cgroup cpu controller (v1 or v2) and the running stack (`make up`).
-Run: `python -m benchmarks.scale --count 10000 --cpu-limit 0.25`.
+Run: `make bench-scale` or `python -m benchmarks.scale --count 10000 --cpu-limit 0.25`.
 """
 
-import argparse
 import os
-import statistics
 
 import uvloop
 
-from benchmarks import compare, gifts
+from benchmarks import compare
 from benchmarks.cpu_limits import Controller, CpuLimits
 from devstack.instances import get_instance
 from devstack.services import running_services
@@ -40,35 +39,15 @@ def _limit_running(limits: CpuLimits) -> list[str]:
     return sorted(limited)
 
 
-async def _run(
-    limits: CpuLimits, run: str, args: argparse.Namespace, *, replicas: int
-) -> compare.Row:
-    if replicas == 1:
-        return await _measured(limits, run, args)
-    async with compare.second_replicas(_LIMITED):
-        _limit_running(limits)
-        return await _measured(limits, run, args)
-
-
-async def _measured(limits: CpuLimits, run: str, args: argparse.Namespace) -> compare.Row:
-    before = limits.throttling()
-    row = await compare.coinstream_run(run, args)
-    throttled = limits.throttling() - before
-    print(f"  {throttled.share:.0%} of the limited processes' CFS periods throttled", flush=True)
-    return row
-
-
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=gifts.positive, default=10_000)
-    parser.add_argument("--timeout", type=float, default=600)
+    parser = compare.arguments(__doc__.splitlines()[0])
     parser.add_argument(
         "--cpu-limit",
         type=float,
         default=0.25,
-        help="cores each process of gifting and the wallet may use (default 0.25)",
+        help="cores each process of gifting and the wallet (and each ceiling worker) may "
+        "use (default 0.25)",
     )
-    parser.add_argument("--pairs", type=gifts.positive, default=4)
     args = parser.parse_args()
     limits = CpuLimits(
         args.cpu_limit, controller=Controller.find(), prefix=f"coinstream-bench-{os.getpid()}"
@@ -81,32 +60,21 @@ async def main() -> None:
                 f"found {names or 'none'}"
             )
         print(
-            f"each of {', '.join(names)} (and their second replicas) held to "
-            f"{args.cpu_limit:g} cores",
+            f"each of {', '.join(names)}, their second replicas and the ceiling's workers "
+            f"held to {args.cpu_limit:g} cores",
             flush=True,
         )
-        await gifts.measure(max(args.count // 5, 1_000), timeout_s=args.timeout)  # warm-up
-        await compare.settle()
-        rows, ratios = [], []
-        for pair in range(1, args.pairs + 1):
-            order = (2, 1) if pair % 2 == 0 else (1, 2)
-            runs = {}
-            for replicas in order:
-                role = "one replica" if replicas == 1 else "two replicas"
-                runs[replicas] = await _run(limits, f"{role}, pair {pair}", args, replicas=replicas)
-                rows.append(runs[replicas])
-            ratios.append(runs[2].throughput / runs[1].throughput)
+        await compare.warm_up(args)
+        before = limits.throttling()
+        pairs = await compare.replica_pairs(args, started=limits.limit)
+        throttled = limits.throttling() - before
     finally:
         limits.release()
     print()
-    print(compare.table(rows))
+    print(compare.table(pairs.rows))
     print()
-    median = statistics.median(ratios)
-    print(
-        f"two replicas, each process held to {args.cpu_limit:g} cores: {median:.0%} of one "
-        f"replica's throughput, the median of {compare.percents(ratios)} (target >= 100%): "
-        f"{compare.verdict(median >= 1.0)}"
-    )
+    print(f"{throttled.share:.0%} of the limited processes' CFS periods throttled")
+    print(pairs.verdict(f"two replicas, each process held to {args.cpu_limit:g} cores"))
 
 
 if __name__ == "__main__":

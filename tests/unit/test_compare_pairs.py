@@ -28,7 +28,7 @@ def ran(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return row(run, "ceiling (relay)")
 
     @asynccontextmanager
-    async def second_replicas() -> AsyncIterator[None]:
+    async def second_replicas(**_: Any) -> AsyncIterator[None]:
         nonlocal replicas_up
         replicas_up = True
         yield
@@ -44,7 +44,7 @@ def ran(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 async def test_a_pair_runs_in_the_order_asked_and_names_each_run_by_its_role(
     ran: list[str], two_first: bool
 ) -> None:
-    pair = await compare._replica_pair(3, argparse.Namespace(), two_first=two_first)
+    pair = await compare.replica_pair(3, argparse.Namespace(), two_first=two_first)
 
     if two_first:
         assert ran == [

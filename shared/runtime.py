@@ -6,7 +6,9 @@ and gets one ASGI app whose lifespan starts and stops everything in order.
 
 import asyncio
 import contextlib
+import gc
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from types import FrameType
@@ -17,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from faststream._internal.endpoint.subscriber.utils import MultiLock
 from faststream.kafka import KafkaRouter
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
@@ -42,6 +44,9 @@ class ServiceKit:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self.registry = CollectorRegistry()
+        # The process's CPU, memory and garbage collections beside the service's own.
+        ProcessCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         self.db = Database(
             settings.database_url,
             schema=settings.db_schema,
@@ -287,6 +292,30 @@ async def _took(what: str) -> AsyncIterator[None]:
         log.warning("stopping: %s took %.1fs", what, took)
 
 
+GC_YOUNG_THRESHOLD = 10_000
+"""Allocations between two collections of the youngest generation (CPython's default: 700)."""
+
+
+def settle_heap() -> None:
+    """Once the service has started: collect, freeze what is left, and collect the
+    youngest generation less often.
+
+    Most of a service's heap is what its start-up built (modules, FastStream's and
+    pydantic's machinery, the pools), and it lives as long as the process. CPython's
+    cyclic collector walks all of it at every full collection: under gift load the
+    wallet's took about 75 ms each, the event loop stalled meanwhile, and they freed
+    nearly nothing (reference counting frees a batch's objects). Frozen, start-up's
+    objects are left out of every collection (about 8 ms each); collecting the youngest
+    generation every 10,000 allocations instead of 700 lets more of a batch's objects go
+    by reference count before a collection promotes them. docs/operations.md, "Garbage
+    collection".
+    """
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
 class _Server(uvicorn.Server):
     """uvicorn, but SIGTERM/SIGINT first stop the service (`ServiceKit.stop`) while the
     HTTP side still answers, so readiness says 503 during the drain; then uvicorn stops
@@ -297,6 +326,10 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self._kit = kit
         self._draining = False
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)  # the lifespan: the service starts (or exits)
+        settle_heap()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._kit is None or self._draining or self.should_exit:

@@ -15,9 +15,12 @@ RULES = ROOT / "deploy" / "prometheus" / "coinstream-rules.yaml"
 RULE_TESTS = ROOT / "deploy" / "prometheus" / "coinstream-rules.test.yaml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "coinstream.json"
 
-# A metric name in PromQL: ours or FastStream's (recording rules are `coinstream:...`,
-# Prometheus's own `up` is not served by anyone).
-_METRIC = re.compile(r"(?<![\w:])((?:coinstream|faststream)_[A-Za-z0-9_]+)(?![\w:])")
+# A metric name in PromQL: ours, FastStream's or prometheus_client's process and GC
+# collectors' (recording rules are `coinstream:...`, Prometheus's own `up` is not served
+# by anyone).
+_METRIC = re.compile(
+    r"(?<![\w:])((?:coinstream|faststream|process|python_gc)_[A-Za-z0-9_]+)(?![\w:])"
+)
 
 
 def rules() -> list[dict[str, Any]]:

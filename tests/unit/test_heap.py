@@ -2,14 +2,25 @@
 walking it (shared/runtime.py, `settle_heap`; docs/operations.md, "Garbage collection")."""
 
 import gc
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import pytest
 import uvicorn
 from starlette.applications import Starlette
 
 from shared import runtime
+
+
+def _server(lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]]) -> uvicorn.Server:
+    """The services' uvicorn server around an app with this lifespan, not yet started."""
+    config = uvicorn.Config(
+        Starlette(lifespan=lifespan), host="127.0.0.1", port=0, log_config=None, lifespan="on"
+    )
+    config.load()
+    server = runtime._Server(config, None)
+    server.lifespan = config.lifespan_class(config)
+    return server
 
 
 @pytest.fixture
@@ -49,12 +60,7 @@ async def test_the_server_settles_the_heap_once_the_service_has_started(
         events.append("started")
         yield
 
-    config = uvicorn.Config(
-        Starlette(lifespan=lifespan), host="127.0.0.1", port=0, log_config=None, lifespan="on"
-    )
-    config.load()
-    server = runtime._Server(config, None)
-    server.lifespan = config.lifespan_class(config)
+    server = _server(lifespan)
     await server.startup()
     try:
         assert events == ["started", "settled"]
@@ -74,12 +80,7 @@ async def test_a_service_that_failed_to_start_is_not_settled(
         raise RuntimeError("the database is not there")
         yield
 
-    config = uvicorn.Config(
-        Starlette(lifespan=lifespan), host="127.0.0.1", port=0, log_config=None, lifespan="on"
-    )
-    config.load()
-    server = runtime._Server(config, None)
-    server.lifespan = config.lifespan_class(config)
+    server = _server(lifespan)
     with pytest.raises(SystemExit):
         await server.startup()
     assert settled == []

@@ -37,7 +37,7 @@ def collector_restored() -> Iterator[None]:
 @pytest.mark.usefixtures("collector_restored")
 def test_settling_freezes_the_heap_and_collects_the_young_generation_less_often() -> None:
     gc.unfreeze()
-    built_at_start = [[] for _ in range(1000)]  # containers: what the collector tracks
+    built_at_start: list[list[int]] = [[] for _ in range(1000)]  # tracked containers
     _, middle, old = gc.get_threshold()
 
     runtime.settle_heap()

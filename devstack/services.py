@@ -161,9 +161,10 @@ async def start_service(
     return ServiceProcess(service, replica, pid, port, log)
 
 
-# How long a SIGTERMed service may drain before SIGKILL: the batch in hand (15 s at most)
-# and the relay's flush (10 s), as the Helm chart's terminationGracePeriodSeconds allows.
-STOP_GRACE_S = 30.0
+# How long a SIGTERMed service may drain before SIGKILL: the batch in hand (15 s at most),
+# the relay's flush (10 s) and disconnecting from Kafka (twice 5 s), plus a margin, as the
+# Helm chart's terminationGracePeriodSeconds allows.
+STOP_GRACE_S = 40.0
 
 
 async def stop_service(

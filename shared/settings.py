@@ -89,9 +89,13 @@ class ServiceSettings(InfraSettings):
     consumer_session_timeout_ms: int = Field(default=6000, ge=1000)
     consumer_heartbeat_interval_ms: int = Field(default=300, ge=50)
     # SIGTERM: how long each consumer may take to finish the batch in hand (FastStream's
-    # graceful_timeout), then how long the relay may take to publish what was committed.
+    # graceful_timeout), how long the relay may take to publish what was committed, and
+    # how long the consumers may take to leave their groups and the producer to close
+    # (each: what has not is abandoned; the group drops a member that did not leave
+    # when its session times out).
     shutdown_batch_timeout_s: float = Field(default=15.0, gt=0)
     shutdown_relay_timeout_s: float = Field(default=10.0, gt=0)
+    shutdown_disconnect_timeout_s: float = Field(default=5.0, gt=0)
     relay_batch_size: int = Field(default=500, ge=1)
     relay_poll_interval_s: float = Field(default=0.5, gt=0)
     # After a commit that wrote to the outbox, the process's own relay publishes at once

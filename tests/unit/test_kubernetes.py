@@ -56,6 +56,7 @@ KUBE_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
 # long a stopping consumer waits for the batch in hand; plus the relay's and producer's flush.
 BATCH_DRAIN_S = 15
 FLUSH_S = 10
+DISCONNECT_S = 5  # the consumers leaving their groups; the producer closing
 
 Manifest = dict[str, Any]
 
@@ -389,7 +390,8 @@ def _check_probes(container: dict[str, Any]) -> None:
 def _check_grace_period(pod: dict[str, Any], container: dict[str, Any]) -> None:
     command = container["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep"
-    assert pod["terminationGracePeriodSeconds"] >= int(command[1]) + BATCH_DRAIN_S + FLUSH_S
+    drain_s = BATCH_DRAIN_S + FLUSH_S + 2 * DISCONNECT_S
+    assert pod["terminationGracePeriodSeconds"] >= int(command[1]) + drain_s
 
 
 def _check_hardening(pod: dict[str, Any]) -> None:

@@ -144,3 +144,30 @@ async def test_a_batch_past_the_timeout_is_cancelled_once_not_waited_for_twice()
         await kit.stop()
     assert released.is_set() and task.cancelled()
     assert asyncio.get_running_loop().time() - started < 2.0
+
+
+async def test_consumers_that_do_not_close_in_time_are_abandoned_and_their_stack_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    kit = _kit()
+    kit.settings.shutdown_disconnect_timeout_s = 0.2
+    cancelled = asyncio.Event()
+
+    async def a_tls_close_the_broker_does_not_answer() -> None:
+        try:
+            await asyncio.sleep(60)  # as asyncio waits 30 s for the close_notify
+        finally:
+            cancelled.set()
+
+    async def stop(*_: Any) -> None:
+        await a_tls_close_the_broker_does_not_answer()
+
+    kit.broker.stop = stop  # type: ignore[method-assign, assignment]
+    started = asyncio.get_running_loop().time()
+    async with asyncio.timeout(5.0):
+        await kit.stop()
+    assert asyncio.get_running_loop().time() - started < 2.0
+    assert cancelled.is_set()
+    [abandoned] = [r for r in caplog.records if "had not closed" in r.getMessage()]
+    assert abandoned.levelname == "ERROR"
+    assert "a_tls_close_the_broker_does_not_answer" in abandoned.getMessage()  # its stack

@@ -185,7 +185,8 @@ def credentials(
     """Print the local stack's settings for NAME as KEY=value lines for a shell:
     `export $(coinstream credentials app)`. Kafka's password stays in its file
     (KAFKA_SASL_PASSWORD_FILE); a service also gets its DATABASE_URL, the operator the
-    read-only one (audit, reconcile)."""
+    read-only one (audit, reconcile) and the key that verifies bearer tokens
+    (JWT_PUBLIC_KEY_FILE, for `reconcile --watch --metrics-port`)."""
     import devstack  # the local stack's secrets; production brings its own
 
     if name not in acl.PRINCIPALS:
@@ -196,6 +197,8 @@ def credentials(
         settings["DATABASE_URL"] = endpoints.database(name)
     elif name == acl.OPERATOR:
         settings["DATABASE_URL"] = endpoints.database(db_roles.READER)
+        if endpoints.secrets is not None:
+            settings["JWT_PUBLIC_KEY_FILE"] = str(endpoints.secrets.jwt_public_key)
     for key, value in settings.items():
         typer.echo(f"{key}={value}")  # no spaces in any: `export $(...)` takes them
 

@@ -10,9 +10,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from shared.auth import AuthConfigError, AuthSettings, TokenVerifier
 from shared.reconcile import providers, report
 from shared.reconcile.report import READ_ERRORS, Report
-from shared.reconcile.watch import serve_metrics, watch
+from shared.reconcile.watch import MetricsServer, watch
 from shared.settings import InfraSettings
 
 
@@ -42,7 +43,11 @@ def reconcile(
     ] = False,
     interval: Annotated[float, typer.Option(min=1, help="seconds between runs")] = 60,
     metrics_port: Annotated[
-        int | None, typer.Option(help="with --watch: serve Prometheus gauges on this port")
+        int | None,
+        typer.Option(
+            help="with --watch: serve Prometheus gauges on this port (a bearer token with the "
+            "operator scope reads them, verified with JWT_PUBLIC_KEY_FILE or JWT_JWKS_URL)"
+        ),
     ] = None,
     metrics_host: Annotated[str, typer.Option(help="address the metrics listen on")] = (
         "127.0.0.1"
@@ -93,7 +98,29 @@ def reconcile(
             raise typer.Exit(2) from None
         show(found)
         raise typer.Exit(0 if found.ok else 1)
-    metrics = serve_metrics(metrics_host, metrics_port) if metrics_port is not None else None
-    asyncio.run(
-        watch(run_once, interval_s=interval, on_report=show, on_error=unreadable, metrics=metrics)
-    )
+    if metrics_port is None:
+        asyncio.run(
+            watch(run_once, interval_s=interval, on_report=show, on_error=unreadable, metrics=None)
+        )
+        return
+    # As every service's /metrics: a token with the operator scope, verified with the
+    # JWT_* key; without one the watch refuses to start.
+    try:
+        verifier = TokenVerifier.from_settings(AuthSettings())
+    except AuthConfigError as error:
+        raise typer.BadParameter(str(error), param_hint="--metrics-port") from None
+    try:
+        server = MetricsServer(metrics_host, metrics_port, verifier)
+    except OSError as error:
+        raise typer.BadParameter(
+            f"cannot listen on {metrics_host}:{metrics_port}: {error.strerror}",
+            param_hint="--metrics-port",
+        ) from None
+
+    async def watch_and_serve() -> None:
+        async with server.serving() as metrics:
+            await watch(
+                run_once, interval_s=interval, on_report=show, on_error=unreadable, metrics=metrics
+            )
+
+    asyncio.run(watch_and_serve())

@@ -3,11 +3,16 @@
 import asyncio
 import contextlib
 import signal
+import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Gauge, start_http_server
+import uvicorn
+from prometheus_client import CollectorRegistry, Gauge
+from starlette.applications import Starlette
 
+from shared.auth import TokenVerifier
+from shared.http import bearer_auth, health_routes
 from shared.reconcile.report import READ_ERRORS, Report
 
 
@@ -67,11 +72,38 @@ class Metrics:
         self.last_success.set(0)
 
 
-def serve_metrics(host: str, port: int) -> Metrics:
-    registry = CollectorRegistry()
-    metrics = Metrics(registry)
-    start_http_server(port, addr=host, registry=registry)
-    return metrics
+class MetricsServer:
+    """The gauges at http://HOST:PORT/metrics, as every service serves its own: a bearer
+    token with the operator scope (401 without a valid one, 403 without the scope), and
+    `/health/live` and `/health/ready` open to probes. It runs on the watch's event loop
+    and stops with it; the watch's signal handlers, not uvicorn's, end both."""
+
+    def __init__(self, host: str, port: int, verifier: TokenVerifier) -> None:
+        # Bound here, so a port in use fails the command at once with the OSError's reason.
+        self._socket = socket.create_server((host, port))
+        self.registry = CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        routes = health_routes(self.registry, {})
+        app = Starlette(routes=routes, middleware=[bearer_auth(verifier, routes)])
+        config = uvicorn.Config(
+            app, host=host, port=port, log_config=None, access_log=False, lifespan="off"
+        )
+        self._server = _WithoutSignals(config)
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[Metrics]:
+        task = asyncio.create_task(self._server.serve([self._socket]), name="reconcile-metrics")
+        try:
+            yield self.metrics
+        finally:
+            self._server.should_exit = True
+            await task
+
+
+class _WithoutSignals(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 async def watch(

@@ -65,7 +65,13 @@ def free_port() -> int:
 async def reconcile_metrics(stack: Stack) -> str:
     """The gauges of `coinstream reconcile --watch` after its first full run."""
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": stack.endpoints.database(db_roles.READER)}
+    secrets = stack.endpoints.secrets
+    assert secrets is not None  # the stack's key pair signs the tokens `scrape` sends
+    env = {
+        **os.environ,
+        "DATABASE_URL": stack.endpoints.database(db_roles.READER),
+        "JWT_PUBLIC_KEY_FILE": str(secrets.jwt_public_key),
+    }
     with tempfile.TemporaryFile() as log:
         process = await asyncio.create_subprocess_exec(
             *(sys.executable, "-m", "shared.cli", "reconcile", "--watch", "--interval", "5"),

@@ -22,7 +22,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -368,19 +368,33 @@ def free_port() -> int:
 
 
 async def test_watch_exports_the_mismatches_as_prometheus_gauges(
-    economy: Economy, forged: PurchaseCompleted
+    economy: Economy, forged: PurchaseCompleted, jwt_keys: auth.KeyPair, operator_token: str
 ) -> None:
     port = free_port()
     with tempfile.TemporaryFile() as log:
         process = await asyncio.create_subprocess_exec(
             *(sys.executable, "-m", "shared.cli", "reconcile", "--grace", "0", "--watch"),
             *("--interval", "1", "--metrics-port", str(port)),
-            env={**os.environ, "DATABASE_URL": economy.reader_url, "COLUMNS": "240"},
+            env={
+                **os.environ,
+                "DATABASE_URL": economy.reader_url,
+                "JWT_PUBLIC_KEY_FILE": str(jwt_keys.public),
+                "COLUMNS": "240",
+            },
             stdout=log,
             stderr=log,
         )
         try:
-            metrics = await eventually(lambda: scrape(port), timeout_s=30)
+            metrics = await eventually(lambda: scrape(port, operator_token), timeout_s=30)
+            # As every service's /metrics: an operator's token reads the gauges, nobody else.
+            user = auth.mint_token(jwt_keys.private, "it-viewer", ttl=timedelta(minutes=5))
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+                assert (await http.get("/metrics")).status_code == 401
+                bad = {"Authorization": "Bearer not-a-token"}
+                assert (await http.get("/metrics", headers=bad)).status_code == 401
+                theirs = {"Authorization": f"Bearer {user}"}
+                assert (await http.get("/metrics", headers=theirs)).status_code == 403
+                assert (await http.get("/health/live")).status_code == 200  # probes: no token
         finally:
             process.send_signal(signal.SIGTERM)
             async with asyncio.timeout(20):
@@ -404,15 +418,32 @@ def gauge(metrics: str, name: str, check: str) -> float:
     return value
 
 
-async def scrape(port: int) -> str | None:
+async def scrape(port: int, token: str) -> str | None:
     """The metrics once a run has succeeded; None while the endpoint is not up yet."""
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as client:
         try:
             response = await client.get(f"http://127.0.0.1:{port}/metrics")
         except httpx.TransportError:
             return None
     text = response.text
     return text if "coinstream_reconcile_last_run_success 1.0" in text else None
+
+
+async def test_watch_does_not_serve_gauges_without_a_key_to_verify_tokens(
+    economy: Economy,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JWT_")}
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "shared.cli", "reconcile", "--watch"),
+        *("--metrics-port", str(free_port())),
+        env={**env, "DATABASE_URL": economy.reader_url, "COLUMNS": "240"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    async with asyncio.timeout(30):
+        output, _ = await process.communicate()
+    assert process.returncode == 2, output
+    assert b"JWT_PUBLIC_KEY_FILE" in output
 
 
 async def test_a_failed_purchase_the_provider_charged_is_a_mismatch(economy: Economy) -> None:

@@ -55,6 +55,7 @@ KUBE_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
 # FastStream's graceful_timeout (KafkaBroker's default, which shared/broker.py keeps): how
 # long a stopping consumer waits for the batch in hand; plus the relay's and producer's flush.
 BATCH_DRAIN_S = 15
+JWT_PUBLIC_KEY = "/var/run/secrets/coinstream/jwt/public.pem"  # mounted from a Secret
 FLUSH_S = 10
 DISCONNECT_S = 5  # the consumers leaving their groups; the producer closing
 
@@ -258,11 +259,7 @@ def _check_service_monitor(monitor: Manifest) -> None:
     assert monitor["kind"] == "ServiceMonitor"
     assert set(monitor["spec"]) == {"selector", "endpoints"}
     (endpoint,) = monitor["spec"]["endpoints"]
-    if monitor["metadata"]["labels"]["app.kubernetes.io/component"] == "reconcile":
-        # The watcher's gauges (counts by check) are served without a token; its
-        # NetworkPolicy lets only networkPolicy.ingressFrom reach them.
-        assert set(endpoint) == {"port", "path", "interval"}
-        return
+    # The services' /metrics and the reconciliation watcher's: an operator's token.
     assert set(endpoint) == {"port", "path", "interval", "authorization"}
     assert endpoint["authorization"]["type"] == "Bearer"
     assert set(endpoint["authorization"]["credentials"]) == {"name", "key"}
@@ -337,8 +334,10 @@ def test_the_reconciliation_watcher_reads_as_the_read_only_role_and_feeds_the_al
     case: Path | None,
 ) -> None:
     """`coinstream reconcile --watch` runs beside the services: one pod, as the
-    read-only role, its gauges on a port Prometheus scrapes, reaching PostgreSQL and
-    nothing else; the providers' books it cannot read (Stripe's) are not compared."""
+    read-only role, its gauges on a port Prometheus scrapes with an operator's token
+    (verified with the services' key), reaching PostgreSQL and nothing else (but the
+    JWKS, when tokens are verified with one); the providers' books it cannot read
+    (Stripe's) are not compared."""
     objects, values = rendered(case), values_of(case)
     own = values["reconcile"]
     if not own["enabled"]:
@@ -359,9 +358,15 @@ def test_the_reconciliation_watcher_reads_as_the_read_only_role_and_feeds_the_al
     assert container["ports"] == [
         {"name": "metrics", "containerPort": own["metricsPort"], "protocol": "TCP"}
     ]
-    assert container["livenessProbe"]["tcpSocket"] == {"port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "metrics"}
     env = _env(container)
-    assert set(env) == {"DATABASE_URL"}  # no Kafka, no keys: it only reads the database
+    # The services' key verifies the scraper's token; no Kafka: it only reads the database.
+    auth = values["auth"]
+    jwks = auth["jwksUrl"]
+    verifies = {"JWT_JWKS_URL": jwks} if jwks else {"JWT_PUBLIC_KEY_FILE": JWT_PUBLIC_KEY}
+    claims = {f"JWT_{k.upper()}": auth[k] for k in ("issuer", "audience") if auth[k]}
+    assert env == {"DATABASE_URL": env["DATABASE_URL"], **verifies, **claims}
     assert urlsplit(env["DATABASE_URL"]).username == own["databaseRole"] == "coinstream_reader"
     _check_hardening(pod)
     _check_selects(objects, "Service", "reconcile", deployment)
@@ -375,7 +380,8 @@ def test_the_reconciliation_watcher_reads_as_the_read_only_role_and_feeds_the_al
         assert ingress["from"] == values["networkPolicy"]["ingressFrom"]
         ports = [{p["port"] for p in rule["ports"]} for rule in policy["spec"]["egress"]]
         extra = [{p["port"] for p in r["ports"]} for r in values["networkPolicy"]["extraEgress"]]
-        assert ports == [{53}, set(values["networkPolicy"]["postgres"]["ports"]), *extra]
+        https = [{443}] if jwks else []
+        assert ports == [{53}, set(values["networkPolicy"]["postgres"]["ports"]), *https, *extra]
     if values["metrics"]["serviceMonitor"]["enabled"]:
         monitor = one(objects, "ServiceMonitor", "rel-coinstream-reconcile")
         assert monitor["spec"]["endpoints"][0]["port"] == "metrics"

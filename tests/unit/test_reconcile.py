@@ -1,12 +1,17 @@
 """The reconciliation's registry, provider comparison and gauges, without a database
 (tests/integration/test_reconcile.py runs the checks on real records)."""
 
+import socket
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from typer.testing import CliRunner
 
+from shared import auth
+from shared.cli import app as cli
 from shared.reconcile.checks import (
     REGISTRY,
     FailedPurchasesWereNotCharged,
@@ -95,3 +100,16 @@ def test_the_gauges_show_each_check_and_whether_the_last_run_read_the_database()
     metrics.failed()
     assert value("coinstream_reconcile_last_run_success") == 0
     assert value("coinstream_reconcile_mismatches", check=credits.key) == 2  # last seen
+
+
+def test_the_watch_does_not_start_when_its_port_is_taken(tmp_path: Path) -> None:
+    keys = auth.generate_key_pair(tmp_path / "private.pem", tmp_path / "public.pem")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(
+            cli,
+            ["reconcile", "--watch", "--metrics-port", str(port)],
+            env={"JWT_PUBLIC_KEY_FILE": str(keys.public), "COLUMNS": "200"},
+        )
+    assert result.exit_code == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output

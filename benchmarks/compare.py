@@ -20,7 +20,9 @@ as ratios, since machines differ:
   (the stack slows as its tables grow, by up to a tenth from one pair to the next, so
   a fixed order would favour whichever runs first; and single runs on a busy 2-core
   machine swing by 20%). The second replicas are started for their run and stopped
-  after it; CPU per gift is then both replicas' together. Each pair also runs the
+  after it; before each of coinstream's two arms a tenth of the gifts goes through
+  unmeasured and the machine settles, so the second replicas are as warm as the first
+  (`warm_replicas`). CPU per gift is then both replicas' together. Each pair also runs the
   ceiling with one and with two worker processes per hop, in the same order: what a
   second process per hop does to the hand-written pipeline on the same machine.
 
@@ -169,6 +171,18 @@ async def warm_up(args: argparse.Namespace) -> None:
         f"the machine settled {settled_s:.0f} s later",
         flush=True,
     )
+
+
+async def warm_replicas(args: argparse.Namespace) -> None:
+    """Before each arm of a pair: a tenth of the gifts, not measured, then a settled
+    machine. The second replicas start for their run; unwarmed, their first seconds
+    (pools growing, statements prepared on each new connection, relays taking every
+    shard until they next count each other, the groups rebalancing) were measured
+    against one replica that had run for minutes. The one-replica arm gets the same
+    warm-up, so both arms start from the same history. The ceiling starts its
+    processes for each run, both arms alike."""
+    await gifts.measure(max(args.count // 10, 1_000), timeout_s=args.timeout)
+    await settle()
 
 
 async def settle(busy_below: float = 0.3, max_s: float = 60.0) -> float:
@@ -327,8 +341,10 @@ async def replica_pair(
 
     async def coinstream(replicas: int) -> Row:
         if replicas == 1:
+            await warm_replicas(args)
             return await coinstream_run(f"one replica, pair {pair}", args)
         async with second_replicas(started=started):
+            await warm_replicas(args)
             return await coinstream_run(f"two replicas, pair {pair}", args)
 
     async def hand_written(replicas: int) -> Row:

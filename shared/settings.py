@@ -77,7 +77,10 @@ class ServiceSettings(InfraSettings):
     db_pool_min_size: int = Field(default=2, ge=1)
     db_pool_max_size: int = Field(default=10, ge=1)
     consumer_max_records: int = Field(default=500, ge=1)
-    consumer_batch_timeout_ms: int = Field(default=10, ge=0)
+    # How long one poll of the consumer waits when no record is there; records end the
+    # wait at once, and no sleep follows an empty poll (shared/broker.py,
+    # poll_without_sleeping), so this costs no latency: longer is fewer wake-ups.
+    consumer_batch_timeout_ms: int = Field(default=500, ge=1)
     # While records come, the broker holds each fetch until 16 KB are there or 10 ms
     # passed, so batches grow with the rate; idle, aiokafka's defaults (shared/broker.py,
     # FetchPacing; docs/operations.md, "Fetching under load").

@@ -32,7 +32,7 @@ from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaMessage
 from pydantic import BaseModel
 
-from shared.broker import FetchPacing, batch_subscription
+from shared.broker import FetchPacing, batch_subscription, poll_without_sleeping
 from shared.consumer import DeadLetters, process
 from shared.settings import ServiceSettings
 
@@ -103,7 +103,9 @@ class Subscriptions(Generic[S]):
                 if part:
                     await process(await dead_letters.sort(part, model), use_case, dead_letters)
 
-        router.subscriber(*self._topics, **batch_subscription(settings))(consume)
+        subscriber = router.subscriber(*self._topics, **batch_subscription(settings))
+        subscriber(consume)
+        poll_without_sleeping(subscriber, settings.consumer_batch_timeout_ms)
         return router
 
 

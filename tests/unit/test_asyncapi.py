@@ -38,7 +38,7 @@ class StandIn:
 STAND_IN_SETTINGS = SimpleNamespace(
     group_id="docs",
     consumer_max_records=1,
-    consumer_batch_timeout_ms=0,
+    consumer_batch_timeout_ms=1,
     consumer_fetch_min_bytes=1,
     consumer_fetch_max_wait_ms=0,
     consumer_heartbeat_interval_ms=300,

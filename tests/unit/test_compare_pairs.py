@@ -15,13 +15,22 @@ def ran(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The runs in the order they ran, each with a throughput of its own (no stack)."""
     runs: list[str] = []
     replicas_up = False
+    warmed_with: bool | None = None  # the replicas up at the last warm-up, until a run
+
+    async def warm_replicas(_: argparse.Namespace) -> None:
+        nonlocal warmed_with
+        warmed_with = replicas_up
 
     def row(run: str, system: str) -> compare.Row:
         runs.append(run)
         return compare.Row(run, system, 0, 100.0 + len(runs), 0, 0, {}, 0)
 
     async def coinstream(run: str, _: argparse.Namespace, **__: Any) -> compare.Row:
+        nonlocal warmed_with
         assert replicas_up == run.startswith("two replicas"), run
+        # Each arm is warmed up with the replicas it is measured with, and only once.
+        assert warmed_with is replicas_up, run
+        warmed_with = None
         return row(run, "coinstream")
 
     async def ceiling(run: str, _: argparse.Namespace, **__: Any) -> compare.Row:
@@ -37,6 +46,7 @@ def ran(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(compare, "coinstream_run", coinstream)
     monkeypatch.setattr(compare, "_ceiling", ceiling)
     monkeypatch.setattr(compare, "second_replicas", second_replicas)
+    monkeypatch.setattr(compare, "warm_replicas", warm_replicas)
     return runs
 
 

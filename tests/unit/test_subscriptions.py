@@ -1,12 +1,15 @@
 """shared/subscriptions.py: a service's consumed topics as one table, one consumer."""
 
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
+import anyio
 import pytest
 from aiokafka import ConsumerRecord
 
 from shared.contracts import GiftRequested, PurchaseCompleted
+from shared.runtime import ServiceKit
+from shared.settings import ServiceSettings
 from shared.subscriptions import Subscriptions, UseCase, by_topic
 
 
@@ -53,3 +56,41 @@ def test_a_topic_is_declared_once() -> None:
     consumed.topic("shop.paid", PurchaseCompleted)(lambda service: service.credit)
     with pytest.raises(ValueError, match=r"shop\.paid is declared twice"):
         consumed.topic("shop.paid", PurchaseCompleted)(lambda service: service.other)
+
+
+class _Settings(ServiceSettings):
+    service_name: ClassVar[str] = "unit"
+
+
+class _Consumer:
+    """What `get_msg` asks of an aiokafka consumer: `getmany`, answered from a script."""
+
+    def __init__(self, *answers: dict[Any, list[Any]]) -> None:
+        self.answers = list(answers)
+        self.calls: list[dict[str, Any]] = []
+
+    async def getmany(self, **options: Any) -> dict[Any, list[Any]]:
+        self.calls.append(options)
+        return self.answers.pop(0)
+
+
+async def test_the_consumer_waits_for_records_in_its_poll_and_never_sleeps_after_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = _Settings(database_url="postgresql://nobody@127.0.0.1:1/none")
+    settings.consumer_batch_timeout_ms = 700
+    kit = ServiceKit(settings)
+    consumed = Subscriptions[Any]()
+    consumed.topic("shop.paid", PurchaseCompleted)(lambda service: service.credit)
+    kit.include(consumed.router(SimpleNamespace(credit=None), kit.dead_letters, settings))
+    (subscriber,) = kit.broker.subscribers  # the one that runs: the router's, included
+
+    async def no_sleep(_: float) -> None:
+        raise AssertionError("FastStream's sleep after an empty poll")
+
+    monkeypatch.setattr(anyio, "sleep", no_sleep)
+    first, second = record("shop.paid", 0, 5), record("shop.paid", 1, 2)
+    consumer = _Consumer({}, {"tp0": [first], "tp1": [second]})
+    assert await subscriber.get_msg(consumer) == ()  # type: ignore[attr-defined]
+    assert await subscriber.get_msg(consumer) == (first, second)  # type: ignore[attr-defined]
+    assert consumer.calls == [{"timeout_ms": 700, "max_records": settings.consumer_max_records}] * 2

@@ -80,7 +80,8 @@ class MetricsServer:
 
     def __init__(self, host: str, port: int, verifier: TokenVerifier) -> None:
         # Bound here, so a port in use fails the command at once with the OSError's reason.
-        self._socket = socket.create_server((host, port))
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._socket = socket.create_server((host, port), family=family)
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
         routes = health_routes(self.registry, {})

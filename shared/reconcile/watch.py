@@ -116,14 +116,25 @@ async def watch(
     metrics: Metrics | None,
 ) -> None:
     """Reconcile every `interval_s` until SIGINT or SIGTERM. A run that cannot read the
-    database is reported and the watch goes on (the database may come back)."""
+    database is reported and the watch goes on (the database may come back). A signal
+    during a run cancels it: a run only reads (its snapshot's transaction rolls back),
+    and on a large database one takes minutes, longer than a pod's grace period."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     while not stop.is_set():
+        running = asyncio.ensure_future(run_once())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not running.done():
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError, *READ_ERRORS):
+                await running
+            return
         try:
-            report = await run_once()
+            report = running.result()
         except READ_ERRORS as error:
             on_error(error)
             if metrics is not None:

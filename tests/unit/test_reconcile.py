@@ -1,6 +1,9 @@
 """The reconciliation's registry, provider comparison and gauges, without a database
 (tests/integration/test_reconcile.py runs the checks on real records)."""
 
+import asyncio
+import os
+import signal
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +25,7 @@ from shared.reconcile.checks import (
 )
 from shared.reconcile.providers import ProviderRecord, providers
 from shared.reconcile.report import Report
-from shared.reconcile.watch import Metrics
+from shared.reconcile.watch import Metrics, watch
 
 
 def test_every_check_is_registered_once_with_its_name_key_and_advice() -> None:
@@ -113,3 +116,24 @@ def test_the_watch_does_not_start_when_its_port_is_taken(tmp_path: Path) -> None
         )
     assert result.exit_code == 2
     assert f"cannot listen on 127.0.0.1:{port}" in result.output
+
+
+async def test_a_signal_during_a_run_cancels_it_and_ends_the_watch() -> None:
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def a_long_run() -> Report:
+        started.set()
+        try:
+            await asyncio.sleep(600)  # a run over a large database
+        finally:
+            cancelled.set()
+        raise AssertionError("not reached")
+
+    watching = asyncio.create_task(
+        watch(a_long_run, interval_s=60, on_report=print, on_error=print, metrics=None)
+    )
+    await started.wait()
+    os.kill(os.getpid(), signal.SIGTERM)  # taken by the watch's handler on this loop
+    async with asyncio.timeout(5):
+        await watching
+    assert cancelled.is_set()

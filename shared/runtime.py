@@ -248,10 +248,11 @@ class ServiceKit:
         where nothing was left to lose: twice (once in CI, once in a benchmark) a stop
         ended exactly 30 s after LeaveGroup had succeeded, which matches asyncio's wait
         for a TLS peer's answer to close_notify while aiokafka closes its connections.
-        What has not closed within the timeout is abandoned and its stack logged (for
-        the next time: where it waited). Every batch has been
-        committed or rolled back by then; a member that did not leave is dropped by its
-        group when its session times out (the others wait that long for its partitions)."""
+        What has not closed within the timeout is abandoned, and the stacks of the tasks
+        waiting in aiokafka are logged (for the next time: where it waited). Every batch
+        has been committed or rolled back by then; a member that did not leave is dropped
+        by its group when its session times out (the others wait that long for its
+        partitions). An error while closing is logged and the stop goes on."""
         timeout = self.settings.shutdown_disconnect_timeout_s
         task = asyncio.create_task(closing, name=f"disconnect {what}")
         await asyncio.wait({task}, timeout=timeout)

@@ -6,6 +6,7 @@ from typing import Any, ClassVar, cast
 import anyio
 import pytest
 from aiokafka import ConsumerRecord
+from aiokafka.errors import ConsumerStoppedError
 
 from shared.contracts import GiftRequested, PurchaseCompleted
 from shared.runtime import ServiceKit
@@ -71,6 +72,8 @@ class _Consumer:
 
     async def getmany(self, **options: Any) -> dict[Any, list[Any]]:
         self.calls.append(options)
+        if not self.answers:
+            raise ConsumerStoppedError()  # ends FastStream's consume loop
         return self.answers.pop(0)
 
 
@@ -94,3 +97,9 @@ async def test_the_consumer_waits_for_records_in_its_poll_and_never_sleeps_after
     assert await subscriber.get_msg(consumer) == ()  # type: ignore[attr-defined]
     assert await subscriber.get_msg(consumer) == (first, second)  # type: ignore[attr-defined]
     assert consumer.calls == [{"timeout_ms": 700, "max_records": settings.consumer_max_records}] * 2
+
+    # FastStream's own consume loop polls through it: empty polls, one after the other.
+    looping = _Consumer({}, {}, {})
+    subscriber.running = True
+    await subscriber._run_consume_loop(looping)  # type: ignore[attr-defined]
+    assert [call["timeout_ms"] for call in looping.calls] == [700] * 4

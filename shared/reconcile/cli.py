@@ -1,6 +1,7 @@
 """`coinstream reconcile`: the command (shared/cli.py registers it)."""
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Coroutine
 from enum import StrEnum
@@ -98,29 +99,28 @@ def reconcile(
             raise typer.Exit(2) from None
         show(found)
         raise typer.Exit(0 if found.ok else 1)
-    if metrics_port is None:
-        asyncio.run(
-            watch(run_once, interval_s=interval, on_report=show, on_error=unreadable, metrics=None)
-        )
-        return
-    # As every service's /metrics: a token with the operator scope, verified with the
-    # JWT_* key; without one the watch refuses to start.
-    try:
-        verifier = TokenVerifier.from_settings(AuthSettings())
-    except AuthConfigError as error:
-        raise typer.BadParameter(str(error), param_hint="--metrics-port") from None
-    try:
-        server = MetricsServer(metrics_host, metrics_port, verifier)
-    except OSError as error:
-        raise typer.BadParameter(
-            f"cannot listen on {metrics_host}:{metrics_port}: {error.strerror}",
-            param_hint="--metrics-port",
-        ) from None
+    server = None if metrics_port is None else _metrics_server(metrics_host, metrics_port)
 
     async def watch_and_serve() -> None:
-        async with server.serving() as metrics:
+        async with server.serving() if server else contextlib.nullcontext() as metrics:
             await watch(
                 run_once, interval_s=interval, on_report=show, on_error=unreadable, metrics=metrics
             )
 
     asyncio.run(watch_and_serve())
+
+
+def _metrics_server(host: str, port: int) -> MetricsServer:
+    """The watch's gauges, as every service's /metrics: for a token with the operator
+    scope, verified with the JWT_* key; without one, or with the port taken, the watch
+    refuses to start."""
+    try:
+        verifier = TokenVerifier.from_settings(AuthSettings())
+    except AuthConfigError as error:
+        raise typer.BadParameter(str(error), param_hint="--metrics-port") from None
+    try:
+        return MetricsServer(host, port, verifier)
+    except OSError as error:
+        raise typer.BadParameter(
+            f"cannot listen on {host}:{port}: {error.strerror}", param_hint="--metrics-port"
+        ) from None

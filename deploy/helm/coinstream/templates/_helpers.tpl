@@ -179,6 +179,35 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end }}
 {{- end -}}
 
+{{/* How bearer tokens are verified (auth.*): the JWT_* variables of every HTTP side,
+     the services' and the reconciliation watcher's. */}}
+{{- define "coinstream.jwtEnv" -}}
+{{- if .Values.auth.jwksUrl -}}
+- name: JWT_JWKS_URL
+  value: {{ .Values.auth.jwksUrl | quote }}
+{{- else -}}
+- name: JWT_PUBLIC_KEY_FILE
+  value: {{ include "coinstream.secretsDir" . }}/jwt/public.pem
+{{- end }}
+{{- with .Values.auth.issuer }}
+- name: JWT_ISSUER
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.auth.audience }}
+- name: JWT_AUDIENCE
+  value: {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* The public key that verifies bearer tokens, unless a JWKS does: one projected source. */}}
+{{- define "coinstream.jwtSource" -}}
+{{- if not .Values.auth.jwksUrl -}}
+- secret:
+    name: {{ .Values.auth.publicKeySecret.name }}
+    items: [{key: {{ .Values.auth.publicKeySecret.key }}, path: jwt/public.pem}]
+{{- end }}
+{{- end -}}
+
 {{/* The PostgreSQL CA, when database.caSecret is set: one projected source. */}}
 {{- define "coinstream.databaseCaSource" -}}
 {{- with .Values.database.caSecret.name }}

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import functools
 import os
-import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import devstack
 from shared.kafka_admin import kafka_answers
 from shared.kafka_client import KafkaClientSettings
 from tests.containers import Backend, choose_backend, ping_engine, use_engine
+from tests.support import free_port
 
 # The versions devstack and compose.yaml run (see docs/development.md for the pin).
 KAFKA_IMAGE = "apache/kafka:4.3.1"
@@ -108,12 +108,6 @@ def _kafka_container(host: str, host_port: int) -> Any:
     return container
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextlib.asynccontextmanager
 async def _containers(host: str) -> AsyncIterator[Infra]:
     from testcontainers.community.postgres import PostgresContainer
@@ -121,7 +115,7 @@ async def _containers(host: str) -> AsyncIterator[Infra]:
     with contextlib.ExitStack() as running:
         # Pulling and starting containers blocks; keep the event loop free meanwhile.
         # The port is probed free here: on a remote engine it is only likely free there.
-        port = _free_port()
+        port = free_port()
         await asyncio.to_thread(running.enter_context, _kafka_container(host, port))
         bootstrap = f"{host}:{port}"
         deadline = time.monotonic() + 120

@@ -3,6 +3,7 @@
 import asyncio
 import dataclasses
 import json
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -29,6 +30,13 @@ T = TypeVar("T")
 def unique(prefix: str) -> str:
     """An id no other test (or earlier run) uses."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (likely still free when used)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def with_database(url: str, name: str) -> str:

@@ -6,7 +6,6 @@ and a payout hold past its deadline, written to the services' own schemas, show 
 import asyncio
 import os
 import signal
-import socket
 import sys
 import tempfile
 
@@ -18,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared import db_roles, topics
 from tests.alerting import named_metrics
 from tests.e2e.conftest import Stack
-from tests.support import eventually, stack_auth, unique
+from tests.support import eventually, free_port, stack_auth, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -54,12 +53,6 @@ async def scrape(url: str) -> str:
         response = await http.get(f"{url}/metrics")
     response.raise_for_status()
     return response.text
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def reconcile_metrics(stack: Stack) -> str:

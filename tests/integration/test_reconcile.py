@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 import tempfile
 import uuid
@@ -49,6 +48,7 @@ from tests.support import (
     TopicReader,
     drop_session_database,
     eventually,
+    free_port,
     in_process,
     publish,
     purchase_request,
@@ -359,12 +359,6 @@ async def test_reconcile_exits_2_as_a_role_that_may_not_read_every_schema(
     returncode, output, errors = await run_reconcile(economy.database.database("wallet"))
     assert returncode == 2, output + errors
     assert "permission denied" in output
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def test_watch_exports_the_mismatches_as_prometheus_gauges(

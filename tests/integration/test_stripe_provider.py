@@ -14,7 +14,6 @@ made before. Declines, 5xx, 409, rate limits and refusals are unit-tested with f
 thing (docs/operations.md, "Stripe").
 """
 
-import socket
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -42,7 +41,15 @@ from shared.money import Money
 from shared.stripe_kit import StripeSettings, make_client
 from tests import stripe_mock
 from tests.integration.wallet_support import give_diamonds
-from tests.support import TopicReader, eventually, in_process, publish, purchase_request, unique
+from tests.support import (
+    TopicReader,
+    eventually,
+    free_port,
+    in_process,
+    publish,
+    purchase_request,
+    unique,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -195,12 +202,6 @@ async def test_a_stripe_that_cannot_be_reached_leaves_outcomes_unknown(
             await StripeTransfers(client).status(payout_id=unique("po"))
     finally:
         await http.close_async()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def test_a_payout_is_a_transfer_under_its_payout_id(

@@ -8,6 +8,14 @@ or else a sentence naming what does not. The runner judges only records older th
 grace period (`at` before the cutoff); younger ones that do not match yet are counted as
 in flight (their message may still be on its way).
 
+A run may look only at records from a window (`at` from `Context.since` on): each
+check's SQL bounds the table it starts from with `_since`, so the window bounds what a
+run joins and judges (`coinstream reconcile --window`, and the watch's runs between two
+full ones). A record's `at` is when it reached the state the check judges (a credit's
+creation, a purchase's charge, a payout's completion, a hold's closing), which does not
+change afterwards, so a window from the last full run's cutoff on holds every record
+that run did not judge.
+
 The queries read the services' tables directly. No service may do that; the operators'
 read-only role may (DESIGN.md), and these queries are only the reconciliation's, so
 they live here, not in a service's repository. They follow the services' migrations:
@@ -35,6 +43,8 @@ class Context:
     cutoff: datetime
     """Records from before this are judged; younger ones may still be in flight."""
     providers: Providers
+    since: datetime | None = None
+    """Records from before this are not looked at; None: every record."""
     examples: int | None = 10
     """How many findings to describe per check; None: all of them."""
 
@@ -69,25 +79,34 @@ class Check(ABC):
     async def run(self, conn: asyncpg.Connection, context: Context) -> Result: ...
 
 
+def _since(at: str) -> str:
+    """The condition that puts a record in the run's window: its `at` from $2 on (NULL:
+    every record). Each check applies it to the table it starts from, so the window
+    bounds the joins. The run plans each query for its own values (`plan_cache_mode`),
+    so without a window the condition folds away."""
+    return f"($2::timestamptz IS NULL OR {at} >= $2)"
+
+
 class SqlCheck(Check):
     sql: ClassVar[str]
-    """One row per record judged: `at` (timestamptz), `mismatch` (text, NULL if it matches)."""
+    """One row per record looked at: `at` (timestamptz), `mismatch` (text, NULL if it
+    matches); `$2` is the window's start (apply `_since` to the `at` column)."""
 
-    async def run(self, conn: asyncpg.Connection, context: Context) -> Result:
-        row = await conn.fetchrow(
-            f"""
+    def statement(self) -> str:
+        """The query a run sends: $1 the cutoff, $2 the window's start, $3 the examples."""
+        return f"""
             WITH records AS MATERIALIZED ({self.sql})
             SELECT count(*) FILTER (WHERE at < $1) AS judged,
                    count(mismatch) FILTER (WHERE at < $1) AS mismatches,
                    count(mismatch) FILTER (WHERE at >= $1) AS in_flight,
                    ARRAY(SELECT mismatch FROM records
                          WHERE at < $1 AND mismatch IS NOT NULL
-                         ORDER BY at, mismatch LIMIT $2) AS examples
+                         ORDER BY at, mismatch LIMIT $3) AS examples
             FROM records
-            """,
-            context.cutoff,
-            context.examples,
-        )
+            """
+
+    async def run(self, conn: asyncpg.Connection, context: Context) -> Result:
+        row = await conn.fetchrow(self.statement(), context.cutoff, context.since, context.examples)
         assert row is not None
         return Result(
             self, row["judged"], row["mismatches"], row["in_flight"], tuple(row["examples"])
@@ -99,8 +118,8 @@ class ProviderCheck(Check):
     `ProviderLookup` (a provider keeps its own records; we cannot join them in SQL)."""
 
     sql: ClassVar[str]
-    """Records older than $1: `at`, `key` (what the provider knows them by), `amount_minor`,
-    `currency`, `what` (a description)."""
+    """Records older than $1 (and from the window's start, $2, on: apply `_since`): `key`
+    (what the provider knows them by), `amount_minor`, `currency`, `what` (a description)."""
     outcome: ClassVar[str]
     """What the provider must say of each of them."""
 
@@ -111,7 +130,7 @@ class ProviderCheck(Check):
         lookup = self.lookup(context.providers)
         if lookup.unavailable is not None:
             return Result(self, not_checked=lookup.unavailable)
-        rows = await conn.fetch(self.sql, context.cutoff)
+        rows = await conn.fetch(self.sql, context.cutoff, context.since)
         found = await lookup.find(conn, [row["key"] for row in rows])
         mismatches = [
             f"{row['what']}: {problem}"
@@ -180,7 +199,7 @@ class CreditsHaveAPurchase(SqlCheck):
             JOIN wallet.ledger_entries e ON e.tx_id = t.tx_id
             JOIN wallet.accounts a ON a.account_id = e.account_id AND a.kind = 'user_coins'
             LEFT JOIN wallet.accounts c ON c.account_id = e.counter_account_id
-            WHERE t.kind = 'purchase'
+            WHERE t.kind = 'purchase' AND {_since("t.created_at")}
             GROUP BY t.tx_id, a.owner_id
         )
         SELECT w.created_at AS at,
@@ -210,7 +229,7 @@ class PurchasesAreCredited(SqlCheck):
         "Check the wallet's consumer lag and payment.purchase-completed.dlq; replay the "
         "dead letter once its cause is fixed (the wallet credits a payment_id once)."
     )
-    sql = """
+    sql = f"""
         SELECT coalesce(p.charged_at, p.updated_at) AS at,
                CASE WHEN NOT EXISTS (
                    SELECT FROM wallet.ledger_transactions t
@@ -221,6 +240,7 @@ class PurchasesAreCredited(SqlCheck):
                END AS mismatch
         FROM payment.purchases p
         WHERE p.status IN ('completed', 'reversed')  -- a reversed purchase was completed first
+          AND {_since("coalesce(p.charged_at, p.updated_at)")}
     """
 
 
@@ -240,7 +260,7 @@ class ClawbacksHaveAReversal(SqlCheck):
             FROM wallet.ledger_transactions t
             JOIN wallet.ledger_entries e ON e.tx_id = t.tx_id
             JOIN wallet.accounts a ON a.account_id = e.account_id AND a.kind = 'user_coins'
-            WHERE t.kind = 'clawback'
+            WHERE t.kind = 'clawback' AND {_since("t.created_at")}
             GROUP BY t.tx_id, a.owner_id
         )
         SELECT w.created_at AS at,
@@ -271,7 +291,7 @@ class ReversalsAreClawedBack(SqlCheck):
         "purchases are credited'); else look for payment.purchase-reversed in its "
         "dead-letter topic and replay it."
     )
-    sql = """
+    sql = f"""
         SELECT p.updated_at AS at,
                CASE WHEN NOT EXISTS (
                    SELECT FROM wallet.ledger_transactions t
@@ -285,7 +305,7 @@ class ReversalsAreClawedBack(SqlCheck):
                          ELSE 'no clawback in the wallet' END
                END AS mismatch
         FROM payment.purchases p
-        WHERE p.status = 'reversed'
+        WHERE p.status = 'reversed' AND {_since("p.updated_at")}
     """
 
 
@@ -312,7 +332,7 @@ class WalletGiftsWereSent(SqlCheck):
             FROM wallet.ledger_transactions t
             JOIN wallet.ledger_entries e ON e.tx_id = t.tx_id
             JOIN wallet.accounts a ON a.account_id = e.account_id
-            WHERE t.kind = 'gift'
+            WHERE t.kind = 'gift' AND {_since("t.created_at")}
             GROUP BY t.tx_id
         )
         SELECT w.created_at AS at,
@@ -345,7 +365,7 @@ class SentGiftsAreDebited(SqlCheck):
         "diamonds they do not have. Find the gift's wallet.gift-debit-answered; an answer "
         "that names no debit the wallet made is forged."
     )
-    sql = """
+    sql = f"""
         SELECT g.decided_at AS at,
                CASE WHEN NOT EXISTS (
                    SELECT FROM wallet.ledger_transactions t
@@ -355,7 +375,7 @@ class SentGiftsAreDebited(SqlCheck):
                              g.creator_id, g.coins, g.diamonds)
                END AS mismatch
         FROM gifting.gift_requests g
-        WHERE g.status = 'sent'
+        WHERE g.status = 'sent' AND {_since("g.decided_at")}
     """
 
 
@@ -381,7 +401,7 @@ def _closed_holds(hold_status: str, payout_status: str) -> str:
                     END
                END AS mismatch
         FROM wallet.holds h LEFT JOIN payout.payouts p ON p.payout_id = h.payout_id
-        WHERE h.status = '{hold_status}'
+        WHERE h.status = '{hold_status}' AND {_since("h.closed_at")}
     """
 
 
@@ -434,7 +454,7 @@ class CompletedPayoutsPostedTheirHold(SqlCheck):
                     END
                END AS mismatch
         FROM payout.payouts p LEFT JOIN wallet.holds h ON h.request_id = p.request_id
-        WHERE p.status = 'completed'
+        WHERE p.status = 'completed' AND {_since("p.updated_at")}
     """
 
 
@@ -447,7 +467,7 @@ class FailedPayoutsReleasedTheirHold(SqlCheck):
         "the payout-failed event is stuck or was refused. Check payout.payout-failed.dlq "
         "and the wallet's lag; an open hold also shows in the ledger audit past its deadline."
     )
-    sql = """
+    sql = f"""
         SELECT p.updated_at AS at,
                CASE WHEN h.status <> 'voided'
                THEN format('failed payout %s (request %s, %s, %s diamonds, %s): its hold is %s',
@@ -456,6 +476,7 @@ class FailedPayoutsReleasedTheirHold(SqlCheck):
                END AS mismatch
         FROM payout.payouts p JOIN wallet.holds h ON h.request_id = p.request_id
         WHERE p.status = 'failed'  -- refused before a hold: nothing to release
+          AND {_since("p.updated_at")}
     """
 
 
@@ -471,12 +492,13 @@ class PurchasesWereCharged(ProviderCheck):
         "purchase. Claw the coins back and find out who completed it."
     )
     outcome = "approved"
-    sql = """
+    sql = f"""
         SELECT p.request_id AS key, p.price_minor::bigint AS amount_minor, p.currency,
                format('purchase %s (request %s) of %s', p.payment_id, p.request_id,
                       p.user_id) AS what
         FROM payment.purchases p  -- the charge's idempotency key is the request_id
         WHERE p.status IN ('completed', 'reversed') AND coalesce(p.charged_at, p.updated_at) < $1
+          AND {_since("coalesce(p.charged_at, p.updated_at)")}
         ORDER BY coalesce(p.charged_at, p.updated_at)
     """
 
@@ -495,12 +517,12 @@ class FailedPurchasesWereNotCharged(NothingMovedCheck):
     )
     outcome = "approved"
     moved = "the provider charged"
-    sql = """
+    sql = f"""
         SELECT p.request_id AS key, p.price_minor AS amount_minor, p.currency,
                format('failed purchase (request %s, %s) of %s', p.request_id, p.reason,
                       p.user_id) AS what
         FROM payment.purchases p
-        WHERE p.status = 'failed' AND p.updated_at < $1
+        WHERE p.status = 'failed' AND p.updated_at < $1 AND {_since("p.updated_at")}
         ORDER BY p.updated_at
     """
 
@@ -518,12 +540,12 @@ class PayoutsWerePaid(ProviderCheck):
         "give the diamonds back."
     )
     outcome = "paid"
-    sql = """
+    sql = f"""
         SELECT p.payout_id AS key, p.amount_minor, p.currency,
                format('completed payout %s (request %s) of %s', p.payout_id, p.request_id,
                       p.creator_id) AS what
         FROM payout.payouts p
-        WHERE p.status = 'completed' AND p.updated_at < $1
+        WHERE p.status = 'completed' AND p.updated_at < $1 AND {_since("p.updated_at")}
         ORDER BY p.updated_at
     """
 
@@ -541,12 +563,12 @@ class FailedPayoutsWereNotPaid(NothingMovedCheck):
     )
     outcome = "paid"
     moved = "the bank paid"
-    sql = """
+    sql = f"""
         SELECT p.payout_id AS key, p.amount_minor, p.currency,
                format('failed payout %s (request %s, %s) of %s', p.payout_id, p.request_id,
                       p.reason, p.creator_id) AS what
         FROM payout.payouts p
-        WHERE p.status = 'failed' AND p.updated_at < $1
+        WHERE p.status = 'failed' AND p.updated_at < $1 AND {_since("p.updated_at")}
         ORDER BY p.updated_at
     """
 

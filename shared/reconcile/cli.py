@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Coroutine
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -43,6 +44,22 @@ def reconcile(
         bool, typer.Option("--watch", help="run again every --interval until stopped")
     ] = False,
     interval: Annotated[float, typer.Option(min=1, help="seconds between runs")] = 60,
+    full_every: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="with --watch: seconds between full runs (every record); the runs between "
+            "look at the records since the last full one; 0: every run is full",
+        ),
+    ] = 86_400,
+    window: Annotated[
+        float | None,
+        typer.Option(
+            min=1,
+            help="look only at records of the last SECONDS (their last change: a credit, a "
+            "charge, a payout's outcome); default: every record",
+        ),
+    ] = None,
     metrics_port: Annotated[
         int | None,
         typer.Option(
@@ -66,16 +83,24 @@ def reconcile(
 ) -> None:
     """Match every service's records against the others' and report what does not match.
 
-    Reads the four schemas in one snapshot and judges the records older than --grace.
-    Exit 0 when everything matches, 1 on a mismatch, 2 when the database cannot be read.
+    Reads the four schemas in one snapshot and judges the records older than --grace
+    (with --window, only those of the last SECONDS). Exit 0 when everything matches, 1 on
+    a mismatch, 2 when the database cannot be read.
     """
     url = database_url or InfraSettings().database_url
     where = report.without_password(url)
     lookups = providers.providers(card=card.value, bank=bank.value)
     out = Console(highlight=False)
 
-    def run_once() -> Coroutine[Any, Any, Report]:
-        return report.run(url, grace_s=grace, providers=lookups, examples=examples or None)
+    def run_once(since: datetime | None = None) -> Coroutine[Any, Any, Report]:
+        return report.run(
+            url,
+            grace_s=grace,
+            providers=lookups,
+            examples=examples or None,
+            since=since,
+            window_s=window,
+        )
 
     def show(found: Report) -> None:
         if as_json:
@@ -99,12 +124,21 @@ def reconcile(
             raise typer.Exit(2) from None
         show(found)
         raise typer.Exit(0 if found.ok else 1)
+    if window is not None:
+        raise typer.BadParameter(
+            "not with --watch: it windows its runs itself (--full-every)", param_hint="--window"
+        )
     server = None if metrics_port is None else _metrics_server(metrics_host, metrics_port)
 
     async def watch_and_serve() -> None:
         async with server.serving() if server else contextlib.nullcontext() as metrics:
             await watch(
-                run_once, interval_s=interval, on_report=show, on_error=unreadable, metrics=metrics
+                run_once,
+                interval_s=interval,
+                full_every_s=full_every,
+                on_report=show,
+                on_error=unreadable,
+                metrics=metrics,
             )
 
     asyncio.run(watch_and_serve())

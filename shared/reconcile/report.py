@@ -1,7 +1,7 @@
 """One reconciliation run: every registered check in one snapshot, and its report."""
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -24,6 +24,12 @@ class Report:
     at: datetime
     """The database's time of the snapshot."""
     grace_s: float
+    cutoff: datetime
+    """Records from before this were judged (the snapshot's time less the grace)."""
+    since: datetime | None = None
+    """Records from before this were not looked at; None: every record was."""
+    examples: int | None = 10
+    """How many findings per check it describes; None: all of them."""
 
     @property
     def ok(self) -> bool:
@@ -34,6 +40,31 @@ class Report:
         return sum(result.mismatches for result in self.results)
 
 
+def combined(full: Report, recent: Report) -> Report:
+    """What the watch reports between two full runs: `full`'s verdict on the records
+    before its cutoff and `recent`'s on those since (a run windowed from `full.cutoff`
+    on); the two never look at the same record. A mismatch `full` found and an operator
+    has mended since stays counted until the next full run."""
+    if recent.since != full.cutoff:
+        raise ValueError("the recent run must look at the records from the full run's cutoff on")
+    before = {result.check.key: result for result in full.results}
+    results = []
+    for result in recent.results:
+        old = before.get(result.check.key)
+        if old is None or old.not_checked is not None or result.not_checked is not None:
+            results.append(result)
+            continue
+        results.append(
+            replace(
+                result,
+                judged=old.judged + result.judged,
+                mismatches=old.mismatches + result.mismatches,
+                examples=(old.examples + result.examples)[: recent.examples],
+            )
+        )
+    return replace(recent, results=results, since=None)
+
+
 async def reconcile(
     conn: asyncpg.Connection,
     *,
@@ -41,32 +72,59 @@ async def reconcile(
     providers: Providers,
     checks: Sequence[Check] = REGISTRY,
     examples: int | None = 10,
+    since: datetime | None = None,
+    window_s: float | None = None,
 ) -> Report:
     """Run `checks` on every schema `conn` sees, in one snapshot: each service keeps
-    writing meanwhile, and all checks see the four schemas as they were at one instant."""
+    writing meanwhile, and all checks see the four schemas as they were at one instant.
+    Records from before `since`, or older than `window_s`, are not looked at."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
+        # Each query is planned for this run's window (none: the bound folds away),
+        # never with a generic plan that would scan the history either way.
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
         row = await conn.fetchrow(
-            "SELECT now() AS at, now() - make_interval(secs => $1) AS cutoff", grace_s
+            """
+            SELECT now() AS at, now() - make_interval(secs => $1) AS cutoff,
+                   coalesce($2::timestamptz, now() - make_interval(secs => $3)) AS since
+            """,
+            grace_s,
+            since,
+            window_s,
         )
         assert row is not None
-        context = Context(row["cutoff"], providers, examples)
+        context = Context(row["cutoff"], providers, since=row["since"], examples=examples)
         results = [await check.run(conn, context) for check in checks]
-    return Report(results, row["at"], grace_s)
+    return Report(results, row["at"], grace_s, row["cutoff"], row["since"], examples)
 
 
 async def run(
-    database_url: str, *, grace_s: float, providers: Providers, examples: int | None = 10
+    database_url: str,
+    *,
+    grace_s: float,
+    providers: Providers,
+    examples: int | None = 10,
+    since: datetime | None = None,
+    window_s: float | None = None,
 ) -> Report:
     conn = await asyncpg.connect(database_url, timeout=10)
     try:
-        return await reconcile(conn, grace_s=grace_s, providers=providers, examples=examples)
+        return await reconcile(
+            conn,
+            grace_s=grace_s,
+            providers=providers,
+            examples=examples,
+            since=since,
+            window_s=window_s,
+        )
     finally:
         await conn.close()
 
 
 def render(report: Report, console: Console, where: str) -> None:
+    window = "" if report.since is None else f", records since {report.since:%Y-%m-%d %H:%M:%S %Z}"
     table = Table(
-        title=f"Reconciliation of {where} (grace {report.grace_s:g} s)", title_justify="left"
+        title=f"Reconciliation of {where} (grace {report.grace_s:g} s{window})",
+        title_justify="left",
     )
     table.add_column("check")
     table.add_column("result")
@@ -108,6 +166,8 @@ def as_json(report: Report, where: str) -> dict[str, Any]:
         "database": where,
         "at": report.at.isoformat(),
         "grace_s": report.grace_s,
+        "cutoff": report.cutoff.isoformat(),
+        "since": None if report.since is None else report.since.isoformat(),
         "ok": report.ok,
         "mismatches": report.mismatches,
         "checks": [

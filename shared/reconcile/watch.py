@@ -2,10 +2,12 @@
 
 import asyncio
 import contextlib
+import math
 import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import datetime
 
 import uvicorn
 from prometheus_client import CollectorRegistry, Gauge
@@ -13,7 +15,7 @@ from starlette.applications import Starlette
 
 from shared.auth import TokenVerifier
 from shared.http import bearer_auth, health_routes
-from shared.reconcile.report import READ_ERRORS, Report
+from shared.reconcile.report import READ_ERRORS, Report, combined
 
 
 class Metrics:
@@ -53,8 +55,20 @@ class Metrics:
             "When the last run that read every schema ended (Unix time)",
             registry=registry,
         )
+        self.last_full_time = Gauge(
+            "coinstream_reconcile_last_full_run_timestamp_seconds",
+            "When the last run that looked at every record ended (Unix time)",
+            registry=registry,
+        )
+        self.duration = Gauge(
+            "coinstream_reconcile_run_duration_seconds",
+            "How long the last run of each kind took: full (every record) or recent "
+            "(the records since the last full run's cutoff)",
+            ["kind"],
+            registry=registry,
+        )
 
-    def record(self, report: Report) -> None:
+    def record(self, report: Report, *, full: bool = True, took_s: float = 0.0) -> None:
         for result in report.results:
             key = result.check.key
             self.not_checked.labels(key).set(result.not_checked is not None)
@@ -65,6 +79,9 @@ class Metrics:
         self.last_run.set(now)
         self.last_success.set(1)
         self.last_success_time.set(now)
+        self.duration.labels("full" if full else "recent").set(took_s)
+        if full:
+            self.last_full_time.set(now)
 
     def failed(self) -> None:
         """The database could not be read: the mismatch gauges keep the last values seen."""
@@ -108,23 +125,38 @@ class _WithoutSignals(uvicorn.Server):
 
 
 async def watch(
-    run_once: Callable[[], Awaitable[Report]],
+    run_once: Callable[[datetime | None], Awaitable[Report]],
     *,
     interval_s: float,
+    full_every_s: float,
     on_report: Callable[[Report], None],
     on_error: Callable[[BaseException], None],
     metrics: Metrics | None,
 ) -> None:
-    """Reconcile every `interval_s` until SIGINT or SIGTERM. A run that cannot read the
-    database is reported and the watch goes on (the database may come back). A signal
-    during a run cancels it: a run only reads (its snapshot's transaction rolls back),
-    and on a large database one takes minutes, longer than a pod's grace period."""
+    """Reconcile every `interval_s` until SIGINT or SIGTERM.
+
+    A full run looks at every record; it runs first, then whenever the last one started
+    `full_every_s` ago or more (0: every run). The runs between look only at the records
+    from the last full run's cutoff on (`run_once(since)`), so their cost follows what
+    came since, not the whole history; each is reported combined with the full run's
+    verdict on the records before (`report.combined`).
+
+    A run that cannot read the database is reported and the watch goes on (the
+    database may come back). A signal during a run cancels it: a run only reads (its
+    snapshot's transaction rolls back), and on a large database a full one takes
+    minutes, longer than a pod's grace period."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    full: Report | None = None
+    full_started = -math.inf
     while not stop.is_set():
-        running = asyncio.ensure_future(run_once())
+        started = loop.time()
+        since = None
+        if full is not None and started - full_started < full_every_s:
+            since = full.cutoff
+        running = asyncio.ensure_future(run_once(since))
         stopping = asyncio.ensure_future(stop.wait())
         await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
@@ -140,9 +172,14 @@ async def watch(
             if metrics is not None:
                 metrics.failed()
         else:
+            if since is None:
+                full, full_started = report, started
+            else:
+                assert full is not None
+                report = combined(full, report)
             on_report(report)
             if metrics is not None:
-                metrics.record(report)
+                metrics.record(report, full=since is None, took_s=loop.time() - started)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(interval_s):
                 await stop.wait()

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -40,7 +41,7 @@ from services.wallet.main import create_app as create_wallet
 from services.wallet.settings import WalletSettings
 from shared import auth, db_roles, topics
 from shared.contracts import PurchaseCompleted
-from shared.reconcile.checks import REGISTRY
+from shared.reconcile.checks import REGISTRY, ProviderCheck, SqlCheck
 from shared.settings import ServiceSettings
 from tests.integration.gifting_support import gift_request
 from tests.integration.wallet_support import as_message, completed
@@ -235,6 +236,10 @@ async def fetchval(world: Economy, sql: str, *args: Any) -> Any:
 
 @pytest.fixture(scope="module")
 async def forged(economy: Economy) -> PurchaseCompleted:
+    return await forge_credit(economy)
+
+
+async def forge_credit(economy: Economy) -> PurchaseCompleted:
     """A purchase-completed nobody sold, published by the operator (a super user that
     bypasses the ACLs): the wallet credits it, as it credits any well-formed event."""
     event = completed(unique("mallory"), coins=1_000_000)
@@ -244,6 +249,13 @@ async def forged(economy: Economy) -> PurchaseCompleted:
     )
     await economy.reader.wait_for(topics.COINS_CREDITED, payment_id=event.payment_id)
     return event
+
+
+def forged_finding(event: PurchaseCompleted) -> str:
+    return (
+        f"credit of payment {event.payment_id} to {event.user_id} (1000000 + 0 bonus coins):"
+        " payment has no such purchase"
+    )
 
 
 async def run_reconcile(database_url: str, *args: str) -> tuple[int, str, str]:
@@ -330,8 +342,7 @@ async def test_a_forged_credit_is_in_flight_within_the_grace_then_a_mismatch(
     returncode, checks = await reconcile_json(economy, "--grace", "0")
     assert returncode == 1
     assert about(economy, checks["credits_without_purchase"]["findings"]) == [
-        f"credit of payment {forged.payment_id} to {forged.user_id} (1000000 + 0 bonus coins):"
-        " payment has no such purchase"
+        forged_finding(forged)
     ]
     for check in checks.values():  # nothing else of ours is wrong
         if check["check"] != "credits_without_purchase":
@@ -365,10 +376,10 @@ async def test_watch_exports_the_mismatches_as_prometheus_gauges(
     economy: Economy, forged: PurchaseCompleted, jwt_keys: auth.KeyPair, operator_token: str
 ) -> None:
     port = free_port()
-    with tempfile.TemporaryFile() as log:
+    with tempfile.NamedTemporaryFile() as log:
         process = await asyncio.create_subprocess_exec(
             *(sys.executable, "-m", "shared.cli", "reconcile", "--grace", "0", "--watch"),
-            *("--interval", "1", "--metrics-port", str(port)),
+            *("--interval", "1", "--metrics-port", str(port), "--json", "--examples", "0"),
             env={
                 **os.environ,
                 "DATABASE_URL": economy.reader_url,
@@ -389,6 +400,15 @@ async def test_watch_exports_the_mismatches_as_prometheus_gauges(
                 theirs = {"Authorization": f"Bearer {user}"}
                 assert (await http.get("/metrics", headers=theirs)).status_code == 403
                 assert (await http.get("/health/live")).status_code == 200  # probes: no token
+            # The runs after the first look only at what came since its cutoff, and
+            # report the first run's finding with their own: a credit forged now is added.
+            recent = await eventually(
+                lambda: scrape(port, operator_token, 'kind="recent"'), timeout_s=30
+            )
+            carried = gauge(recent, "coinstream_reconcile_mismatches", "credits_without_purchase")
+            assert carried >= 1
+            later = await forge_credit(economy)
+            await eventually(lambda: reported(log, later), timeout_s=30)
         finally:
             process.send_signal(signal.SIGTERM)
             async with asyncio.timeout(20):
@@ -400,7 +420,23 @@ async def test_watch_exports_the_mismatches_as_prometheus_gauges(
     for check in REGISTRY:  # every check that ran has its gauge
         assert gauge(metrics, "coinstream_reconcile_mismatches", check.key) >= 0
     assert "coinstream_reconcile_last_run_timestamp_seconds " in metrics
-    assert "RECONCILIATION FAILED" in output
+    assert "coinstream_reconcile_last_full_run_timestamp_seconds " in metrics
+    runs = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    first = {c["check"]: c for c in runs[0]["checks"]}["credits_without_purchase"]
+    assert forged_finding(forged) in first["findings"]
+    for run in runs[1:]:  # each later run: the first run's finding and what came since
+        credits = {c["check"]: c for c in run["checks"]}["credits_without_purchase"]
+        assert forged_finding(forged) in credits["findings"]
+        assert credits["mismatches"] >= first["mismatches"]
+        assert run["since"] is None  # the combined report speaks of every record
+    assert forged_finding(later) in about(economy, credits["findings"])
+
+
+async def reported(log: Any, event: PurchaseCompleted) -> bool:
+    """Whether a run of the watch writing JSON lines to `log` found the forged `event`
+    (read through a file of its own: `log`'s offset is the writer's too)."""
+    written = await asyncio.to_thread(Path(log.name).read_bytes)
+    return forged_finding(event).encode() in written
 
 
 def gauge(metrics: str, name: str, check: str) -> float:
@@ -412,15 +448,16 @@ def gauge(metrics: str, name: str, check: str) -> float:
     return value
 
 
-async def scrape(port: int, token: str) -> str | None:
-    """The metrics once a run has succeeded; None while the endpoint is not up yet."""
+async def scrape(port: int, token: str, showing: str = "") -> str | None:
+    """The metrics once a run has succeeded (and they show `showing`); None while the
+    endpoint is not up yet."""
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as client:
         try:
             response = await client.get(f"http://127.0.0.1:{port}/metrics")
         except httpx.TransportError:
             return None
     text = response.text
-    return text if "coinstream_reconcile_last_run_success 1.0" in text else None
+    return text if "coinstream_reconcile_last_run_success 1.0" in text and showing in text else None
 
 
 async def test_watch_does_not_serve_gauges_without_a_key_to_verify_tokens(
@@ -466,3 +503,84 @@ async def test_a_failed_purchase_the_provider_charged_is_a_mismatch(economy: Eco
     for key in ("failed_purchases_charged", "purchases_without_charge"):
         assert unasked[key]["status"] == "not_checked", unasked[key]
         assert "--card none" in unasked[key]["reason"]
+
+
+async def test_a_window_looks_only_at_the_records_of_its_last_seconds(
+    economy: Economy, forged: PurchaseCompleted
+) -> None:
+    _, everything = await reconcile_json(economy, "--grace", "0")
+    await asyncio.sleep(3)  # everything so far is older than the window below
+    recent = await forge_credit(economy)
+    returncode, windowed = await reconcile_json(economy, "--grace", "0", "--window", "2")
+
+    assert returncode == 1
+    credits = windowed["credits_without_purchase"]
+    assert about(economy, credits["findings"]) == [forged_finding(recent)]  # not `forged`
+    # The busy run's records are outside the window: nothing of ours is judged but the
+    # new credit (other sessions' records consumed in the last seconds may be).
+    assert credits["judged"] < everything["credits_without_purchase"]["judged"]
+    assert (
+        windowed["sent_gifts_without_debit"]["judged"]
+        < (everything["sent_gifts_without_debit"]["judged"])
+    )
+
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "shared.cli", "reconcile", "--watch", "--window", "60"),
+        env={**os.environ, "DATABASE_URL": economy.reader_url, "COLUMNS": "240"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    async with asyncio.timeout(30):
+        output, _ = await process.communicate()
+    assert process.returncode == 2, output  # the watch windows its runs itself
+    assert b"--full-every" in output
+
+
+# The index each check's window starts from (the time its records reached their state).
+WINDOW_INDEXES = {
+    "credits_without_purchase": "ledger_transactions_created",
+    "clawbacks_without_reversal": "ledger_transactions_created",
+    "wallet_gifts_without_sent_gift": "ledger_transactions_created",
+    "purchases_without_credit": "purchases_charged",
+    "purchases_without_charge": "purchases_charged",
+    "reversals_without_clawback": "purchases_updated",
+    "failed_purchases_charged": "purchases_updated",
+    "sent_gifts_without_debit": "gift_requests_decided",
+    "posted_holds_without_completed_payout": "holds_closed",
+    "voided_holds_without_failed_payout": "holds_closed",
+    "completed_payouts_without_posted_hold": "payouts_updated",
+    "failed_payouts_with_hold_kept": "payouts_updated",
+    "payouts_without_bank_payment": "payouts_updated",
+    "failed_payouts_paid": "payouts_updated",
+}
+
+
+async def test_every_check_finds_its_window_through_an_index(economy: Economy) -> None:
+    """A run between two full ones must not read the history: with sequential scans
+    priced out, each check's plan for a window starts from the BRIN index on its
+    records' time (migrations wallet 0013, gifting 0004, payment 0009, payout 0004) and
+    joins by key, reading no table whole."""
+    assert set(WINDOW_INDEXES) == {check.key for check in REGISTRY}
+    conn = await asyncpg.connect(economy.reader_url)
+    try:
+        async with conn.transaction(readonly=True):
+            await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            await conn.execute("SET LOCAL enable_seqscan = off")
+            now = datetime.now(UTC)
+            for check in REGISTRY:
+                if isinstance(check, SqlCheck):
+                    args: tuple[Any, ...] = (now, now - timedelta(minutes=5), 10)
+                    statement = check.statement()
+                else:
+                    assert isinstance(check, ProviderCheck)
+                    args, statement = (now, now - timedelta(minutes=5)), check.sql
+                plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {statement}", *args))
+                assert "Seq Scan" not in plan, f"{check.key}:\n{plan}"
+                assert f"Bitmap Index Scan on {WINDOW_INDEXES[check.key]} " in plan, plan
+                # Without a window the bound folds away: the plan is the full run's.
+                full = "\n".join(
+                    r[0] for r in await conn.fetch(f"EXPLAIN {statement}", args[0], None, *args[2:])
+                )
+                assert "$2 IS NULL" not in full + plan, f"{check.key}:\n{full}"
+    finally:
+        await conn.close()

@@ -350,6 +350,7 @@ def test_the_reconciliation_watcher_reads_as_the_read_only_role_and_feeds_the_al
     command = container["command"]
     assert command[:3] == ["coinstream", "reconcile", "--watch"]
     assert f"--interval={own['intervalSeconds']}" in command
+    assert f"--full-every={own['fullEverySeconds']}" in command  # full runs, then windowed
     assert f"--metrics-port={own['metricsPort']}" in command
     assert "--metrics-host=0.0.0.0" in command
     for books, service in (("card", "payment"), ("bank", "payout")):

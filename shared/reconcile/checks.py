@@ -126,18 +126,26 @@ class ProviderCheck(Check):
     @abstractmethod
     def lookup(self, providers: Providers) -> ProviderLookup: ...
 
+    CHUNK: ClassVar[int] = 5_000
+    """Records read and asked about at a time: a full run's memory does not grow with
+    the history (a million purchases held at once would not fit the watcher's pod)."""
+
     async def run(self, conn: asyncpg.Connection, context: Context) -> Result:
         lookup = self.lookup(context.providers)
         if lookup.unavailable is not None:
             return Result(self, not_checked=lookup.unavailable)
-        rows = await conn.fetch(self.sql, context.cutoff, context.since)
-        found = await lookup.find(conn, [row["key"] for row in rows])
-        mismatches = [
-            f"{row['what']}: {problem}"
-            for row in rows
-            if (problem := self.problem(row, found.get(row["key"]))) is not None
-        ]
-        return Result(self, len(rows), len(mismatches), 0, tuple(mismatches[: context.examples]))
+        judged = mismatches = 0
+        examples: list[str] = []
+        cursor = await conn.cursor(self.sql, context.cutoff, context.since)
+        while rows := await cursor.fetch(self.CHUNK):
+            found = await lookup.find(conn, [row["key"] for row in rows])
+            judged += len(rows)
+            for row in rows:
+                if (problem := self.problem(row, found.get(row["key"]))) is not None:
+                    mismatches += 1
+                    if context.examples is None or len(examples) < context.examples:
+                        examples.append(f"{row['what']}: {problem}")
+        return Result(self, judged, mismatches, 0, tuple(examples))
 
     def problem(self, row: asyncpg.Record, record: ProviderRecord | None) -> str | None:
         """What is wrong with our record given the provider's, or None when they match."""

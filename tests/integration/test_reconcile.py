@@ -41,7 +41,8 @@ from services.wallet.main import create_app as create_wallet
 from services.wallet.settings import WalletSettings
 from shared import auth, db_roles, topics
 from shared.contracts import PurchaseCompleted
-from shared.reconcile.checks import REGISTRY, ProviderCheck, SqlCheck
+from shared.reconcile.checks import REGISTRY, Context, ProviderCheck, Result, SqlCheck
+from shared.reconcile.providers import providers
 from shared.settings import ServiceSettings
 from tests.integration.gifting_support import gift_request
 from tests.integration.wallet_support import as_message, completed
@@ -585,3 +586,45 @@ async def test_every_check_finds_its_window_through_an_index(economy: Economy) -
                 assert "$2 IS NULL" not in full + plan, f"{check.key}:\n{full}"
     finally:
         await conn.close()
+
+
+async def test_provider_checks_come_to_the_same_verdict_a_chunk_at_a_time(
+    economy: Economy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A provider check reads its records and asks the provider about them a chunk at a
+    time (its memory does not grow with the history): one record at a time, two, or
+    all at once, the same records judged, the same mismatch found, in one snapshot."""
+    admin = await asyncpg.connect(economy.database.database_url)
+    charge = "UPDATE payment.simulated_card_charges SET outcome = $2 WHERE idempotency_key = $1"
+    [request_id] = await admin.fetch(
+        "SELECT request_id FROM payment.purchases WHERE status = 'completed' AND user_id = ANY($1)"
+        " ORDER BY charged_at LIMIT 1",
+        list(economy.ours),
+    )
+    conn = await asyncpg.connect(economy.reader_url)
+    try:  # a completed purchase the provider now says it declined: a mismatch
+        assert await admin.execute(charge, request_id[0], "declined") == "UPDATE 1"
+        verdicts: dict[int, list[Result]] = {}
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            context = Context(datetime.now(UTC), providers(), examples=None)
+            for chunk in (ProviderCheck.CHUNK, 1, 2):  # all at once first
+                monkeypatch.setattr(ProviderCheck, "CHUNK", chunk)
+                verdicts[chunk] = [
+                    await check.run(conn, context)
+                    for check in REGISTRY
+                    if isinstance(check, ProviderCheck)
+                ]
+    finally:
+        await admin.execute(charge, request_id[0], "approved")
+        await admin.close()
+        await conn.close()
+
+    whole, *chunked = verdicts.values()
+    for results in chunked:
+        assert [(r.judged, r.mismatches, r.examples) for r in results] == [
+            (r.judged, r.mismatches, r.examples) for r in whole
+        ]
+    charged = next(r for r in whole if r.check.key == "purchases_without_charge")
+    assert charged.judged > 2  # more than one chunk of one and of two
+    ours = [f for f in charged.examples if f"(request {request_id[0]})" in f]
+    assert len(ours) == 1 and ours[0].endswith(": the provider says declined"), ours

@@ -2,7 +2,6 @@
 
 import asyncio
 import contextlib
-import math
 import signal
 import socket
 import time
@@ -68,7 +67,8 @@ class Metrics:
             registry=registry,
         )
 
-    def record(self, report: Report, *, full: bool = True, took_s: float = 0.0) -> None:
+    def record(self, report: Report, *, full: bool, took_s: float) -> None:
+        """A run that read every schema: a `full` one or a recent one, in `took_s`."""
         for result in report.results:
             key = result.check.key
             self.not_checked.labels(key).set(result.not_checked is not None)
@@ -150,7 +150,7 @@ async def watch(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     full: Report | None = None
-    full_started = -math.inf
+    full_started = 0.0  # loop time of the last full run's start
     while not stop.is_set():
         started = loop.time()
         since = None

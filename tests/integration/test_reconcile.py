@@ -478,6 +478,13 @@ async def test_watch_does_not_serve_gauges_without_a_key_to_verify_tokens(
     assert b"JWT_PUBLIC_KEY_FILE" in output
 
 
+SET_CHARGE_OUTCOME = (
+    "UPDATE payment.simulated_card_charges SET outcome = $2 WHERE idempotency_key = $1"
+)
+"""Sets what the simulated card provider's books say of a charge: $1 its idempotency
+key, $2 the outcome."""
+
+
 async def test_a_failed_purchase_the_provider_charged_is_a_mismatch(economy: Economy) -> None:
     """The provider's books say it took the money for a purchase payment failed (a lost
     answer failed by mistake): the user paid and got no coins. `--card none` skips it."""
@@ -486,14 +493,15 @@ async def test_a_failed_purchase_the_provider_charged_is_a_mismatch(economy: Eco
     request = purchase_request(user_id=user, method="pm_card_declined")
     await publish(economy.infra, topics.PURCHASE_REQUESTED, [(user, request)])
     await economy.reader.wait_for(topics.PURCHASE_FAILED, request_id=request["request_id"])
-    charge = "UPDATE payment.simulated_card_charges SET outcome = $2 WHERE idempotency_key = $1"
     conn = await asyncpg.connect(economy.database.database_url)
     try:
-        assert await conn.execute(charge, request["request_id"], "approved") == "UPDATE 1"
+        assert (
+            await conn.execute(SET_CHARGE_OUTCOME, request["request_id"], "approved") == "UPDATE 1"
+        )
         returncode, checks = await reconcile_json(economy, "--grace", "0")
         _, unasked = await reconcile_json(economy, "--grace", "0", "--card", "none")
     finally:
-        await conn.execute(charge, request["request_id"], "declined")
+        await conn.execute(SET_CHARGE_OUTCOME, request["request_id"], "declined")
         await conn.close()
 
     assert returncode == 1
@@ -576,16 +584,18 @@ async def test_every_check_finds_its_window_through_an_index(economy: Economy) -
                 else:
                     assert isinstance(check, ProviderCheck)
                     args, statement = (now, now - timedelta(minutes=5)), check.sql
-                plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {statement}", *args))
+                plan = await explain(conn, statement, *args)
                 assert "Seq Scan" not in plan, f"{check.key}:\n{plan}"
                 assert f"Bitmap Index Scan on {WINDOW_INDEXES[check.key]} " in plan, plan
                 # Without a window the bound folds away: the plan is the full run's.
-                full = "\n".join(
-                    r[0] for r in await conn.fetch(f"EXPLAIN {statement}", args[0], None, *args[2:])
-                )
+                full = await explain(conn, statement, args[0], None, *args[2:])
                 assert "$2 IS NULL" not in full + plan, f"{check.key}:\n{full}"
     finally:
         await conn.close()
+
+
+async def explain(conn: asyncpg.Connection, statement: str, *args: Any) -> str:
+    return "\n".join(row[0] for row in await conn.fetch(f"EXPLAIN {statement}", *args))
 
 
 async def test_provider_checks_come_to_the_same_verdict_a_chunk_at_a_time(
@@ -595,7 +605,6 @@ async def test_provider_checks_come_to_the_same_verdict_a_chunk_at_a_time(
     time (its memory does not grow with the history): one record at a time, two, or
     all at once, the same records judged, the same mismatch found, in one snapshot."""
     admin = await asyncpg.connect(economy.database.database_url)
-    charge = "UPDATE payment.simulated_card_charges SET outcome = $2 WHERE idempotency_key = $1"
     [request_id] = await admin.fetch(
         "SELECT request_id FROM payment.purchases WHERE status = 'completed' AND user_id = ANY($1)"
         " ORDER BY charged_at LIMIT 1",
@@ -603,11 +612,11 @@ async def test_provider_checks_come_to_the_same_verdict_a_chunk_at_a_time(
     )
     conn = await asyncpg.connect(economy.reader_url)
     try:  # a completed purchase the provider now says it declined: a mismatch
-        assert await admin.execute(charge, request_id[0], "declined") == "UPDATE 1"
+        assert await admin.execute(SET_CHARGE_OUTCOME, request_id[0], "declined") == "UPDATE 1"
         verdicts: dict[int, list[Result]] = {}
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             context = Context(datetime.now(UTC), providers(), examples=None)
-            for chunk in (ProviderCheck.CHUNK, 1, 2):  # all at once first
+            for chunk in (ProviderCheck.CHUNK, 1, 2):  # the default's verdict first
                 monkeypatch.setattr(ProviderCheck, "CHUNK", chunk)
                 verdicts[chunk] = [
                     await check.run(conn, context)
@@ -615,7 +624,7 @@ async def test_provider_checks_come_to_the_same_verdict_a_chunk_at_a_time(
                     if isinstance(check, ProviderCheck)
                 ]
     finally:
-        await admin.execute(charge, request_id[0], "approved")
+        await admin.execute(SET_CHARGE_OUTCOME, request_id[0], "approved")
         await admin.close()
         await conn.close()
 

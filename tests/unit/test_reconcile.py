@@ -5,6 +5,7 @@ import asyncio
 import os
 import signal
 import socket
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -194,39 +195,34 @@ async def test_the_watch_runs_full_first_then_recent_runs_from_its_cutoff_until_
         if len(reported) == 5:
             os.kill(os.getpid(), signal.SIGTERM)
 
+    async def watch_five_runs(run: Callable[[datetime | None], Awaitable[Report]]) -> None:
+        async with asyncio.timeout(10):
+            await watch(
+                run,
+                interval_s=0.01,
+                full_every_s=0.2,
+                on_report=on_report,
+                on_error=print,
+                metrics=Metrics(registry),
+            )
+
     registry = CollectorRegistry()
-    async with asyncio.timeout(10):
-        await watch(
-            run_once,
-            interval_s=0.01,
-            full_every_s=0.2,
-            on_report=on_report,
-            on_error=print,
-            metrics=Metrics(registry),
-        )
+    await watch_five_runs(run_once)
     full_cutoff = T0 + timedelta(seconds=10) - timedelta(seconds=300)
     assert asked[0] is None
     assert set(asked[1:4]) == {full_cutoff}  # from the full run's cutoff on
     assert [r.results[0].mismatches for r in reported[:4]] == [1, 3, 3, 3]
     assert all(r.since is None for r in reported)
+    assert registry.get_sample_value("coinstream_reconcile_last_full_run_timestamp_seconds")
 
-    # Full runs come again once due; with 0, every run is full.
+    # A full run comes again once the last one started full_every_s ago.
     asked.clear()
     reported.clear()
-    await asyncio.sleep(0)
+    registry = CollectorRegistry()
 
     async def slow_run(since: datetime | None) -> Report:
         await asyncio.sleep(0.25)
         return await run_once(since)
 
-    async with asyncio.timeout(10):
-        await watch(
-            slow_run,
-            interval_s=0.01,
-            full_every_s=0.2,
-            on_report=on_report,
-            on_error=print,
-            metrics=None,
-        )
+    await watch_five_runs(slow_run)
     assert asked == [None] * 5  # each run took longer than full_every_s
-    assert registry.get_sample_value("coinstream_reconcile_last_full_run_timestamp_seconds")
